@@ -1,0 +1,182 @@
+"""Run configuration: dataclass defaults, registry presets, then `key=value` overrides.
+
+Everything is validated before a run starts, so a typo or an out-of-range value
+costs seconds, not a cluster allocation. Group choices (`method=`, `dataset=`) pick
+a registry entry whose own dataclass defines the keys valid under that group.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+from bacl.registry import DATASETS, METHODS, ConfigError
+
+GROUPS = ("method", "dataset")
+DEFAULT_METHOD = "bacl"
+DEFAULT_DATASET = "synthetic"
+
+
+@dataclass
+class ModelConfig:
+    width: int = 512  # the paper's hidden size
+    layers: int = 4  # the paper's 4-layer cross-modal transformer
+    heads: int = 8
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+
+
+@dataclass
+class PoolConfig:
+    k: int = 20  # candidates per anchor
+    modality: str = "vision"  # frozen space in which neighbours are searched: vision | text
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10  # the paper trains 10 epochs
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05
+    grad_clip: float = 1.0
+    checkpoint_every: int = 50  # steps between atomic last.pt writes
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    device: str = "cpu"
+
+
+@dataclass
+class EvalConfig:
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    every_epochs: int = 1
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    output_dir: str = "results"
+    method: Any = None
+    dataset: Any = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def parse_overrides(args: Iterable[str]) -> list[tuple[str, Any]]:
+    """`key=value` strings -> (key, YAML-parsed value), in order."""
+    parsed = []
+    for arg in args:
+        key, sep, raw = arg.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected key=value, got {arg!r}")
+        parsed.append((key.strip(), OmegaConf.create({"v": raw} if raw == "" else f"v: {raw}").v))
+    return parsed
+
+
+def _valid_keys(cfg: DictConfig, key: str) -> str:
+    parent = key.rpartition(".")[0]
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    where = f"under {parent!r}" if parent else "at the top level"
+    keys = ", ".join(sorted(node.keys())) if isinstance(node, DictConfig) else "(none: not a section)"
+    return f"valid keys {where}: {keys}"
+
+
+def _set(cfg: DictConfig, key: str, value: Any, origin: str) -> None:
+    try:
+        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+            raise ConfigKeyError(key)
+        OmegaConf.update(cfg, key, value, merge=True)
+    except (ConfigAttributeError, ConfigKeyError):
+        raise ConfigError(f"unknown config key {key!r} ({origin}, value {value!r}); {_valid_keys(cfg, key)}") from None
+    except ValidationError as err:
+        raise ConfigError(f"bad value {value!r} for {key!r} ({origin}): {err.msg}") from None
+
+
+def _check_finite(node: Any, path: str = "") -> None:
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            _check_finite(node[k], f"{path}.{k}" if path else str(k))
+    elif isinstance(node, (list, tuple)) or OmegaConf.is_list(node):
+        for i, v in enumerate(node):
+            _check_finite(v, f"{path}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{path}={node} is not a finite number")
+
+
+def require(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is out of range: expected {expected}")
+
+
+def _validate_common(cfg: DictConfig) -> None:
+    require(cfg.pool.k > 0, "pool.k", cfg.pool.k, "a positive integer")
+    require(cfg.pool.modality in ("vision", "text"), "pool.modality", cfg.pool.modality, "vision or text")
+    t = cfg.train
+    require(t.epochs > 0, "train.epochs", t.epochs, "> 0")
+    require(t.batch_size > 1, "train.batch_size", t.batch_size, "> 1 (in-batch negatives need two items)")
+    require(t.lr > 0, "train.lr", t.lr, "> 0")
+    require(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, ">= 0")
+    require(0 <= t.warmup_fraction < 1, "train.warmup_fraction", t.warmup_fraction, "in [0, 1)")
+    require(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, ">= 0 (0 disables clipping)")
+    require(t.checkpoint_every > 0, "train.checkpoint_every", t.checkpoint_every, "> 0")
+    require(t.threads >= 0, "train.threads", t.threads, ">= 0")
+    m = cfg.model
+    require(m.width > 0 and m.heads > 0 and m.width % m.heads == 0, "model.heads", m.heads,
+            f"a positive divisor of model.width={m.width}")
+    require(m.layers > 0, "model.layers", m.layers, "> 0")
+    require(0 <= m.dropout < 1, "model.dropout", m.dropout, "in [0, 1)")
+    require(all(k > 0 for k in cfg.eval.ks), "eval.ks", list(cfg.eval.ks), "positive integers")
+
+
+def load_config(args: Iterable[str] = ()) -> DictConfig:
+    """Compose and validate a run config from `key=value` overrides."""
+    overrides = parse_overrides(args)
+    groups = {g: v for g, v in overrides if g in GROUPS}
+    for group, value in groups.items():
+        if not isinstance(value, str):
+            registry = METHODS if group == "method" else DATASETS
+            raise ConfigError(f"{group}={value!r}: expected a name, one of {', '.join(registry.names())}")
+    cfg = OmegaConf.structured(RunConfig)
+
+    dataset_entry = DATASETS.entry(groups.get("dataset", DEFAULT_DATASET))
+    dataset_cls = dataset_entry.load()
+    cfg.dataset = OmegaConf.merge(OmegaConf.structured(dataset_cls.Config),
+                                  {"name": groups.get("dataset", DEFAULT_DATASET)})
+    for key, value in dataset_entry.preset.items():
+        _set(cfg, key, value, "dataset preset")
+
+    method_name = groups.get("method", DEFAULT_METHOD)
+    method_entry = METHODS.entry(method_name)
+    method_cls = method_entry.load()
+    cfg.method = OmegaConf.merge(OmegaConf.structured(method_cls.Config), {"name": method_name})
+    for key, value in method_entry.preset.items():
+        _set(cfg, f"method.{key}", value, f"preset of method {method_name!r}")
+
+    for key, value in overrides:
+        if key not in GROUPS:
+            _set(cfg, key, value, "command line")
+
+    _check_finite(cfg)
+    _validate_common(cfg)
+    method_cls.resolve(cfg.method)
+    dataset_cls.validate(cfg.dataset)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def to_container(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def run_id(cfg: DictConfig) -> str:
+    """Stable hash of everything that changes the result (not where it is written)."""
+    data = to_container(cfg)
+    data.pop("output_dir", None)
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

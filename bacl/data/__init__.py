@@ -1,0 +1,1 @@
+"""Feature stores, datasets and candidate pools."""

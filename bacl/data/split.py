@@ -1,0 +1,61 @@
+"""One split of a feature store: frozen token features of items and their captions."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class FeatureSplit:
+    """Items (image, video or audio) and captions; several captions may share one item.
+
+    `attributes` and the token-of-attribute maps are ground truth that only synthetic
+    data has: which tokens carry which attribute, so a mismatch can be localised.
+    """
+
+    vision: torch.Tensor  # [N, Lv, dv] frozen token features of each item
+    text: torch.Tensor  # [M, Lt, dt] frozen token features of each caption
+    text_item: torch.Tensor  # [M] item index of each caption
+    attributes: torch.Tensor | None = None  # [N, A]
+    vision_token_of_attribute: torch.Tensor | None = None  # [A] content-token index
+    text_token_of_attribute: torch.Tensor | None = None  # [A]
+
+    def __post_init__(self) -> None:
+        n, m = self.vision.shape[0], self.text.shape[0]
+        if self.text_item.shape != (m,):
+            raise ValueError(f"text_item has shape {tuple(self.text_item.shape)}, expected ({m},)")
+        counts = torch.bincount(self.text_item, minlength=n)
+        if counts.numel() != n or (counts == 0).any():
+            raise ValueError("every item needs at least one caption and text_item must index items")
+        self._order = torch.argsort(self.text_item, stable=True)
+        self._count = counts
+        self._start = torch.cumsum(counts, 0) - counts
+
+    @property
+    def n_items(self) -> int:
+        return self.vision.shape[0]
+
+    @property
+    def n_texts(self) -> int:
+        return self.text.shape[0]
+
+    def random_caption(self, items: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A uniformly drawn caption index for each item index (any shape)."""
+        u = torch.rand(items.shape, generator=generator).to(items.device)
+        offset = (u * self._count[items]).long().clamp_max(self._count[items] - 1)
+        return self._order[self._start[items] + offset]
+
+    def to(self, device: torch.device | str) -> "FeatureSplit":
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
+        split = object.__new__(FeatureSplit)
+        split.__dict__.update(moved)
+        return split
+
+    def pooled(self, modality: str) -> torch.Tensor:
+        """Frozen item-level embedding used to build the candidate pool."""
+        if modality == "vision":
+            return self.vision.float().mean(dim=1)
+        text = self.text.float().mean(dim=1)
+        per_item = torch.zeros(self.n_items, text.shape[1]).index_add_(0, self.text_item, text)
+        return per_item / self._count[:, None]

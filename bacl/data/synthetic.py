@@ -1,0 +1,138 @@
+"""The embedded synthetic benchmark: a world of attribute tuples seen through two modalities.
+
+Generative model (docs/synthetic-dataset.md):
+- an item is a tuple of A discrete attributes with V values each; the first A - F are
+  *coarse* (salience 1) and the last F are *fine* (salience `fine_salience` < 1);
+- each modality m has its own random table E_m[a, v] in R^d and its own random order of
+  tokens: token pos_m[a] = s_a * E_m[a, value_a] + noise, plus pure-noise distractor tokens;
+  a caption is one noise draw of the text tokens, an item has `captions_per_item` of them;
+- items come in *sibling groups* that share every attribute but one fine attribute, so
+  siblings are ambiguous negatives of each other (they differ in exactly one attribute, and
+  so in exactly one token per modality); a group has 1 + round(rho * rho_reference_k)
+  items, so rho is the density of ambiguous negatives among an anchor's k = 20 nearest
+  candidates. Random in-batch negatives almost never are siblings and can be told apart by
+  the loud coarse attributes alone: CLIP-style training has little reason to learn the fine ones.
+Everything is drawn from `dataset.seed`, so the world is fixed across training seeds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bacl.config import require
+from bacl.data.split import FeatureSplit
+
+
+@dataclass
+class SyntheticConfig:
+    name: str = "synthetic"
+    seed: int = 0  # the world (tables, items); the run's `seed` only drives training
+    n_train: int = 2000  # n: training items
+    n_test: int = 1000
+    rho: float = 0.25  # density of ambiguous negatives among the reference candidates
+    rho_reference_k: int = 20
+    n_attributes: int = 6
+    n_fine: int = 3
+    n_values: int = 12
+    fine_salience: float = 0.35
+    noise: float = 0.5
+    distractor_tokens: int = 2
+    captions_per_item: int = 2
+    vision_dim: int = 48
+    text_dim: int = 32
+
+
+def group_size(cfg: SyntheticConfig) -> int:
+    return 1 + round(cfg.rho * cfg.rho_reference_k)
+
+
+class SyntheticDataset:
+    Config = SyntheticConfig
+
+    @staticmethod
+    def validate(cfg: SyntheticConfig) -> None:
+        require(cfg.n_train >= 2, "dataset.n_train", cfg.n_train, ">= 2")
+        require(cfg.n_test >= 2, "dataset.n_test", cfg.n_test, ">= 2")
+        require(1 <= cfg.n_fine <= cfg.n_attributes, "dataset.n_fine", cfg.n_fine,
+                f"in [1, dataset.n_attributes={cfg.n_attributes}]")
+        require(cfg.n_values >= 2, "dataset.n_values", cfg.n_values, ">= 2")
+        require(cfg.rho_reference_k > 0, "dataset.rho_reference_k", cfg.rho_reference_k, "> 0")
+        max_rho = (cfg.n_values - 1) / cfg.rho_reference_k
+        require(0 <= cfg.rho <= max_rho, "dataset.rho", cfg.rho,
+                f"in [0, {max_rho:.3g}]: a sibling group cannot be larger than dataset.n_values={cfg.n_values}")
+        g = group_size(cfg)
+        require(cfg.n_train >= 2 * g, "dataset.n_train", cfg.n_train, f">= two sibling groups ({2 * g} items)")
+        require(cfg.n_test >= 2 * g, "dataset.n_test", cfg.n_test, f">= two sibling groups ({2 * g} items)")
+        require(cfg.fine_salience > 0, "dataset.fine_salience", cfg.fine_salience, "> 0")
+        require(cfg.noise >= 0, "dataset.noise", cfg.noise, ">= 0")
+        require(cfg.distractor_tokens >= 0, "dataset.distractor_tokens", cfg.distractor_tokens, ">= 0")
+        require(cfg.captions_per_item >= 1, "dataset.captions_per_item", cfg.captions_per_item, ">= 1")
+        require(cfg.vision_dim > 0 and cfg.text_dim > 0, "dataset.vision_dim", cfg.vision_dim, "> 0")
+
+    def __init__(self, cfg: SyntheticConfig):
+        self.cfg = cfg
+        gen = torch.Generator().manual_seed(cfg.seed)
+        a = cfg.n_attributes
+        self.salience = torch.ones(a)
+        self.salience[a - cfg.n_fine:] = cfg.fine_salience
+        self.tables = {
+            "vision": torch.randn(a, cfg.n_values, cfg.vision_dim, generator=gen) / cfg.vision_dim ** 0.5,
+            "text": torch.randn(a, cfg.n_values, cfg.text_dim, generator=gen) / cfg.text_dim ** 0.5,
+        }
+        n_tokens = a + cfg.distractor_tokens
+        self.token_of_attribute = {m: torch.randperm(n_tokens, generator=gen)[:a] for m in ("vision", "text")}
+        train_attrs, test_attrs = self._items(cfg.n_train + cfg.n_test, gen).split([cfg.n_train, cfg.n_test])
+        self.train = self._split(train_attrs, gen)
+        self.test = self._split(test_attrs, gen)
+
+    def _items(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """[n', A] distinct attribute tuples in sibling groups (n' = n rounded to whole groups)."""
+        cfg, g = self.cfg, group_size(self.cfg)
+        n_groups = n // g
+        base = torch.randint(cfg.n_values, (n_groups, cfg.n_attributes), generator=gen)
+        varied = cfg.n_attributes - cfg.n_fine + torch.randint(cfg.n_fine, (n_groups,), generator=gen)
+        values = torch.argsort(torch.rand(n_groups, cfg.n_values, generator=gen), dim=1)[:, :g]
+        items = base[:, None, :].repeat(1, g, 1)
+        items[torch.arange(n_groups)[:, None], torch.arange(g)[None, :], varied[:, None]] = values
+        items = items.reshape(n_groups * g, cfg.n_attributes)
+        # Distinct tuples only: a duplicate would be a false negative. Redraw whole groups.
+        _, inverse, counts = torch.unique(items, dim=0, return_inverse=True, return_counts=True)
+        clash = (counts[inverse] > 1).view(n_groups, g).any(dim=1)
+        if clash.any():
+            items = items.view(n_groups, g, -1)
+            items[clash] = self._items(int(clash.sum()) * g, gen).view(-1, g, cfg.n_attributes)
+            items = items.reshape(n_groups * g, cfg.n_attributes)
+            if torch.unique(items, dim=0).shape[0] != items.shape[0]:
+                return self._items(n, gen)
+        return items
+
+    def _tokens(self, attrs: torch.Tensor, modality: str, gen: torch.Generator) -> torch.Tensor:
+        cfg = self.cfg
+        table = self.tables[modality]
+        dim = table.shape[-1]
+        signal = table[torch.arange(cfg.n_attributes), attrs] * self.salience[:, None]  # [N, A, d]
+        tokens = torch.zeros(attrs.shape[0], cfg.n_attributes + cfg.distractor_tokens, dim)
+        tokens[:, self.token_of_attribute[modality]] = signal
+        return tokens + cfg.noise * torch.randn(tokens.shape, generator=gen) / dim ** 0.5
+
+    def _split(self, attrs: torch.Tensor, gen: torch.Generator) -> FeatureSplit:
+        c = self.cfg.captions_per_item
+        text_item = torch.arange(attrs.shape[0]).repeat_interleave(c)
+        return FeatureSplit(
+            vision=self._tokens(attrs, "vision", gen),
+            text=self._tokens(attrs[text_item], "text", gen),
+            text_item=text_item,
+            attributes=attrs,
+            vision_token_of_attribute=self.token_of_attribute["vision"],
+            text_token_of_attribute=self.token_of_attribute["text"],
+        )
+
+
+def ambiguous_pairs(split: FeatureSplit) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(anchor items, negative items, differing attribute) for every pair differing in one attribute."""
+    if split.attributes is None:
+        raise ValueError("this split has no attribute ground truth")
+    diff = split.attributes[:, None, :] != split.attributes[None, :, :]
+    anchor, negative = torch.nonzero(diff.sum(-1) == 1, as_tuple=True)
+    return anchor, negative, diff[anchor, negative].float().argmax(dim=1)

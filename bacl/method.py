@@ -1,0 +1,148 @@
+"""A method turns a batch (plus its FAISS candidates) into named loss terms and statistics.
+
+The base class is symmetric InfoNCE with a learnable temperature; negatives drawn from
+the candidate pool join the image->text denominator. Baselines override one narrow hook:
+`select_negatives` (which negatives), `direction_loss` (the per-query loss) or
+`direction_weights` (how the two directions are mixed). Output keys ending in `_loss`
+are summed into the objective (open_clip's convention); the other keys are statistics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bacl.config import require
+from bacl.data.split import FeatureSplit
+from bacl.losses import info_nce
+from bacl.model import AlignmentModel
+from bacl.registry import ConfigError
+from bacl.sampler import boundary_scores
+
+MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on 1 / temperature
+
+
+@dataclass
+class MethodConfig:
+    name: str = ""
+    negatives: str = "in_batch"  # in_batch | uniform | hardest (| bns for BACL)
+    num_negatives: int = 1  # pool negatives per anchor
+    negatives_in_contrast: bool = True  # do pool negatives join the InfoNCE denominator?
+    init_temperature: float = 0.07
+    learn_temperature: bool = True
+    bank_refresh_steps: int = 0  # scoring pool candidates uses a text-embedding bank; 0: once per epoch
+
+
+@dataclass
+class Batch:
+    items: torch.Tensor  # [B] item indices into the training split
+    captions: torch.Tensor  # [B] the caption drawn for each item
+    vision: torch.Tensor  # [B, Lv, dv]
+    text: torch.Tensor  # [B, Lt, dt]
+
+
+@dataclass
+class Negatives:
+    captions: torch.Tensor  # [B, m] caption indices into the training split
+    scores: torch.Tensor | None  # [B, m] boundary scores, when the selection computed them
+
+
+class Method(nn.Module):
+    Config = MethodConfig
+    NEGATIVES: tuple[str, ...] = ("in_batch", "uniform", "hardest")
+
+    @classmethod
+    def resolve(cls, cfg) -> None:
+        """Validate (and fill derived defaults of) the method's config, before any training."""
+        if cfg.negatives not in cls.NEGATIVES:
+            raise ConfigError(f"method.negatives={cfg.negatives!r} is not valid for method {cfg.name!r}: "
+                              f"valid choices are {', '.join(cls.NEGATIVES)}")
+        require(cfg.num_negatives > 0, "method.num_negatives", cfg.num_negatives, "> 0")
+        require(0 < cfg.init_temperature, "method.init_temperature", cfg.init_temperature, "> 0")
+        require(cfg.bank_refresh_steps >= 0, "method.bank_refresh_steps", cfg.bank_refresh_steps, ">= 0")
+
+    def __init__(self, cfg, model: AlignmentModel, train: FeatureSplit, pool: torch.Tensor,
+                 steps_per_epoch: int, seed: int):
+        super().__init__()
+        if cfg.negatives != "in_batch" and cfg.num_negatives > pool.shape[1]:
+            raise ConfigError(f"method.num_negatives={cfg.num_negatives} is larger than the pool: "
+                              f"expected at most pool.k={pool.shape[1]}")
+        self.cfg = cfg
+        self.model = model
+        self.train_split = train
+        self.pool = pool
+        self.model.logit_scale.requires_grad_(cfg.learn_temperature)
+        self.refresh_every = cfg.bank_refresh_steps or steps_per_epoch
+        self.generator = torch.Generator().manual_seed(seed + 1)
+        self.bank: torch.Tensor | None = None
+        self.bank_step = -1
+
+    # ---- hooks -------------------------------------------------------------------------
+    def select_negatives(self, batch: Batch, img: torch.Tensor, txt: torch.Tensor, step: int,
+                         progress: float) -> tuple[Negatives | None, dict[str, torch.Tensor]]:
+        if self.cfg.negatives == "in_batch":
+            return None, {}
+        candidates = self.train_split.random_caption(self.pool[batch.items], self.generator)  # [B, k]
+        m = self.cfg.num_negatives
+        if self.cfg.negatives == "uniform":
+            pick = torch.rand(candidates.shape, generator=self.generator).argsort(dim=1)[:, :m].to(candidates.device)
+            return Negatives(torch.gather(candidates, 1, pick), None), {}
+        scores = self.candidate_scores(img, txt, candidates, step)
+        top = scores.topk(m, dim=1)
+        return Negatives(torch.gather(candidates, 1, top.indices), top.values), {}
+
+    def direction_loss(self, logits: torch.Tensor) -> torch.Tensor:
+        return info_nce(logits)
+
+    def direction_weights(self, sims: torch.Tensor) -> tuple[float | torch.Tensor, float | torch.Tensor]:
+        """Weights of (image->text, text->image); `sims` is the [B, B] cosine matrix."""
+        return 0.5, 0.5
+
+    def extra_losses(self, batch: Batch, vision_hidden: torch.Tensor, negatives: Negatives | None
+                     ) -> dict[str, torch.Tensor]:
+        return {}
+
+    # ---- shared machinery ----------------------------------------------------------------
+    @torch.no_grad()
+    def _refresh_bank(self, step: int) -> None:
+        text = self.train_split.text
+        self.bank = torch.cat([self.model.encode(text[i:i + 1024].float(), "text")[0]
+                               for i in range(0, text.shape[0], 1024)])
+        self.bank_step = step
+
+    def candidate_scores(self, img: torch.Tensor, txt: torch.Tensor, candidates: torch.Tensor,
+                         step: int) -> torch.Tensor:
+        """Boundary scores of [B, k] candidate captions, from a periodically refreshed bank."""
+        if self.bank is None or step - self.bank_step >= self.refresh_every:
+            self._refresh_bank(step)
+        return boundary_scores(img.detach(), txt.detach(), self.bank[candidates])
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+
+    def contrastive(self, img: torch.Tensor, txt: torch.Tensor, neg: torch.Tensor | None) -> torch.Tensor:
+        sims = img @ txt.T
+        i2t = sims if neg is None else torch.cat([sims, torch.einsum("bd,bmd->bm", img, neg)], dim=1)
+        w_i2t, w_t2i = self.direction_weights(sims.detach())
+        scale = self.logit_scale
+        return (w_i2t * self.direction_loss(scale * i2t).mean()
+                + w_t2i * self.direction_loss(scale * sims.T).mean())
+
+    def forward(self, batch: Batch, step: int, progress: float) -> dict[str, torch.Tensor]:
+        img, vision_hidden = self.model.encode(batch.vision, "vision")
+        txt, _ = self.model.encode(batch.text, "text")
+        negatives, out = self.select_negatives(batch, img, txt, step, progress)
+        neg = None
+        if negatives is not None and self.cfg.negatives_in_contrast:
+            b, m = negatives.captions.shape
+            neg = self.model.encode(self.train_split.text[negatives.captions.flatten()].float(), "text")[0]
+            neg = neg.view(b, m, -1)
+            negatives.scores = boundary_scores(img, txt, neg).detach()
+        if negatives is not None and negatives.scores is not None:
+            out["boundary_score"] = negatives.scores.mean()
+        out["contrastive_loss"] = self.contrastive(img, txt, neg)
+        out.update(self.extra_losses(batch, vision_hidden, negatives))
+        out["temperature"] = 1.0 / self.logit_scale.detach()
+        return out

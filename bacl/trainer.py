@@ -1,0 +1,196 @@
+"""One training run, from a validated config to `<output_dir>/<run_id>/result.json`.
+
+A run directory is self-describing: `config.yaml` (resolved), `metrics.jsonl` (one line
+per epoch), `last.pt` (atomic, every `train.checkpoint_every` steps: everything needed to
+continue bit-for-bit on CPU) and `result.json`. A run whose result says `ok` is not
+redone; one with a checkpoint continues from it. A non-finite loss stops the run as
+`failed` with the step, and the last good checkpoint is left untouched.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from bacl.config import run_id, to_container
+from bacl.data.pool import candidate_pool
+from bacl.evaluate import evaluate
+from bacl.method import Batch, Method
+from bacl.model import AlignmentModel
+from bacl.registry import DATASETS, METHODS
+from bacl.results import append_jsonl, git_commit, package_versions, read_json, save_checkpoint, write_json, write_text
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def warmup_cosine(total_steps: int, warmup_fraction: float):
+    warmup = max(1, int(total_steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+    return factor
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.run_id = run_id(cfg)
+        self.run_dir = Path(cfg.output_dir) / self.run_id
+
+    def build(self) -> None:
+        """Data, pool, model, method and optimizer; raises ConfigError before any step."""
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.device = torch.device(cfg.train.device)
+        dataset = DATASETS.entry(cfg.dataset.name).load()(cfg.dataset)
+        self.dataset = dataset
+        train = dataset.train
+        pool = candidate_pool(train.pooled(cfg.pool.modality), cfg.pool.k)
+        self.train_split, self.test_split = train.to(self.device), dataset.test.to(self.device)
+        self.batch_size = min(cfg.train.batch_size, train.n_items)
+        self.steps_per_epoch = train.n_items // self.batch_size
+        self.total_steps = self.steps_per_epoch * cfg.train.epochs
+        model = AlignmentModel(
+            vision_dim=train.vision.shape[-1], text_dim=train.text.shape[-1],
+            vision_tokens=train.vision.shape[1], text_tokens=train.text.shape[1],
+            width=cfg.model.width, layers=cfg.model.layers, heads=cfg.model.heads,
+            mlp_ratio=cfg.model.mlp_ratio, dropout=cfg.model.dropout,
+            init_temperature=cfg.method.init_temperature,
+        )
+        method_cls = METHODS.entry(cfg.method.name).load()
+        self.method: Method = method_cls(cfg.method, model, self.train_split, pool.to(self.device),
+                                         self.steps_per_epoch, cfg.seed).to(self.device)
+        params = [p for p in self.method.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(self.total_steps, cfg.train.warmup_fraction))
+        self.step = 0
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "step": self.step,
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "method_generator": self.method.generator.get_state(),
+            "bank": self.method.bank,
+            "bank_step": self.method.bank_step,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load(self, state: dict) -> None:
+        self.step = state["step"]
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.method.generator.set_state(state["method_generator"])
+        self.method.bank, self.method.bank_step = state["bank"], state["bank_step"]
+        torch.set_rng_state(state["torch_rng"])
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        return torch.randperm(self.train_split.n_items, generator=gen)
+
+    def _batch(self, items: torch.Tensor) -> Batch:
+        split = self.train_split
+        items = items.to(self.device)
+        captions = split.random_caption(items, self.method.generator)
+        return Batch(items, captions, split.vision[items].float(), split.text[captions].float())
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        out = self.method(batch, self.step, self.step / self.total_steps)
+        loss = sum(v for k, v in out.items() if k.endswith("_loss"))
+        if not torch.isfinite(loss):
+            terms = {k: float(v) for k, v in out.items() if k.endswith("_loss")}
+            raise NonFiniteLoss(f"non-finite loss at step {self.step}: {terms}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.train.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        stats = {k: float(v.detach()) for k, v in out.items()}
+        stats["loss"] = float(loss.detach())
+        return stats
+
+    def fit(self) -> dict[str, float]:
+        cfg = self.cfg
+        metrics_path = self.run_dir / "metrics.jsonl"
+        ckpt_path = self.run_dir / "last.pt"
+        progress = tqdm(total=self.total_steps, initial=self.step, desc=f"{cfg.method.name} {self.run_id}",
+                        unit="step", dynamic_ncols=True)
+        metrics: dict[str, float] = {}
+        while self.step < self.total_steps:
+            epoch, offset = divmod(self.step, self.steps_per_epoch)
+            order = self._epoch_order(epoch)
+            sums: dict[str, float] = defaultdict(float)
+            for i in range(offset, self.steps_per_epoch):
+                stats = self.train_step(self._batch(order[i * self.batch_size:(i + 1) * self.batch_size]))
+                for k, v in stats.items():
+                    sums[k] += v
+                progress.update(1)
+                progress.set_postfix(loss=f"{stats['loss']:.3f}")
+                if self.step % cfg.train.checkpoint_every == 0:
+                    save_checkpoint(ckpt_path, self.state())
+            steps = self.steps_per_epoch - offset
+            record = {"epoch": epoch + 1, "step": self.step, "progress": self.step / self.total_steps,
+                      "lr": self.scheduler.get_last_lr()[0],
+                      "train": {k: v / steps for k, v in sums.items()}}
+            last_epoch = self.step == self.total_steps
+            if last_epoch or (epoch + 1) % cfg.eval.every_epochs == 0:
+                metrics = evaluate(self.method.model, self.test_split, cfg.eval.ks)
+                record["eval"] = metrics
+            append_jsonl(metrics_path, record)
+        progress.close()
+        save_checkpoint(ckpt_path, self.state())
+        return metrics
+
+    def run(self) -> dict:
+        """Train (or resume, or skip) and return the result record that was written."""
+        result_path = self.run_dir / "result.json"
+        previous = read_json(result_path)
+        if previous and previous.get("status") == "ok":
+            return previous
+        started, t0 = _now(), time.perf_counter()
+        self.build()  # bad input fails here, before anything is written
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg))
+        record = {"run_id": self.run_id, "method": self.cfg.method.name, "dataset": self.cfg.dataset.name,
+                  "seed": self.cfg.seed, "config": to_container(self.cfg), "git_commit": git_commit(),
+                  "packages": package_versions(), "started_at": started}
+        try:
+            ckpt = self.run_dir / "last.pt"
+            if ckpt.exists():
+                self.load(torch.load(ckpt, weights_only=False))
+            metrics = self.fit()
+            record.update(status="ok", metrics=metrics)
+        except NonFiniteLoss as err:
+            record.update(status="failed", error=str(err),
+                          checkpoint=str(self.run_dir / "last.pt") if (self.run_dir / "last.pt").exists() else None)
+        except Exception as err:
+            record.update(status="failed", error=f"{type(err).__name__}: {err}")
+            raise
+        finally:
+            record.update(step=self.step, finished_at=_now(),
+                          wall_time_s=round(time.perf_counter() - t0, 3))
+            write_json(result_path, record)
+        return record

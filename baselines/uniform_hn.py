@@ -1,0 +1,18 @@
+"""Negatives from the same FAISS pool as BACL, with no policy and no curriculum.
+
+`uniform_hn` draws them uniformly from the k candidates; the `hardest` preset takes the
+top boundary scores (VSE++-style max violation over the pool).
+"""
+from dataclasses import dataclass
+
+from bacl.method import Method, MethodConfig
+
+
+@dataclass
+class UniformHardNegativesConfig(MethodConfig):
+    negatives: str = "uniform"
+
+
+class UniformHardNegatives(Method):
+    Config = UniformHardNegativesConfig
+    NEGATIVES = ("uniform", "hardest")

@@ -1,0 +1,35 @@
+"""Train one run: `python experiments/train.py method=bacl dataset=synthetic output_dir=results`.
+
+Any config key can be overridden as key=value (e.g. pool.k=10 method.schedule.gamma=3).
+Exit codes: 0 ok, 1 the run failed (see its result.json), 2 bad input.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from bacl.config import load_config
+from bacl.registry import ConfigError
+from bacl.trainer import Trainer
+
+
+def main(argv: list[str]) -> int:
+    try:
+        cfg = load_config(argv)
+        trainer = Trainer(cfg)
+        result = trainer.run()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    metrics = result.get("metrics") or {}
+    summary = {k: round(v, 4) for k, v in metrics.items() if k.startswith(("i2t_R@", "t2i_R@")) or k == "ael"}
+    print(json.dumps({"run_dir": str(trainer.run_dir), "status": result["status"],
+                      "wall_time_s": result.get("wall_time_s"), **summary}))
+    if result["status"] != "ok":
+        print(f"error: {result.get('error')}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

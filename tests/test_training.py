@@ -1,0 +1,71 @@
+"""Full tiny runs of every registered method, and what a run leaves on disk."""
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from bacl.registry import METHODS
+from bacl.trainer import Trainer
+
+RETRIEVAL_KEYS = [f"{d}_{m}" for d in ("i2t", "t2i") for m in
+                  ("R@1", "R@5", "R@10", "MRR", "nDCG@10", "mean_rank", "median_rank")]
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_every_method_trains_and_writes_its_run(method, tiny_config):
+    cfg = tiny_config(f"method={method}")
+    result = Trainer(cfg).run()
+    run_dir = Trainer(cfg).run_dir
+    assert result["status"] == "ok", result.get("error")
+    on_disk = json.loads((run_dir / "result.json").read_text())
+    assert on_disk["status"] == "ok" and on_disk["run_id"] == run_dir.name
+    for key in RETRIEVAL_KEYS + ["margin", "ael", "delta_a"]:
+        assert math.isfinite(on_disk["metrics"][key]), key
+    assert {"git_commit", "packages", "wall_time_s", "config"} <= on_disk.keys()
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["method"]["name"] == method
+    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    train = epochs[-1]["train"]
+    assert math.isfinite(train["contrastive_loss"]) and "margin" in epochs[-1]["eval"]
+    if method in ("bacl", "bns_only", "bns_no_curriculum"):
+        assert {"alpha", "policy_loss", "boundary_score"} <= train.keys()
+    if method in ("bacl", "cla_only", "bns_no_curriculum"):
+        assert train["delta_a"] > 0 and train["local_loss"] > 0
+    if method == "bns_no_curriculum":
+        assert train["alpha"] == -0.5
+
+
+def test_training_reduces_the_loss(tiny_config):
+    cfg = tiny_config("method=clip", "train.epochs=8", "train.lr=3e-3")
+    Trainer(cfg).run()
+    lines = (Trainer(cfg).run_dir / "metrics.jsonl").read_text().splitlines()
+    first, last = json.loads(lines[0])["train"]["loss"], json.loads(lines[-1])["train"]["loss"]
+    assert last < 0.7 * first
+
+
+def test_finished_run_is_not_redone(tiny_config):
+    cfg = tiny_config("method=clip")
+    first = Trainer(cfg).run()
+    again = Trainer(cfg).run()
+    assert again == first  # read back, not retrained (timestamps would differ)
+
+
+def test_non_finite_loss_fails_the_run_and_keeps_the_checkpoint(tiny_config, monkeypatch):
+    cfg = tiny_config("method=bacl", "train.epochs=3")
+    trainer = Trainer(cfg)
+    real_forward = type(trainer).train_step
+
+    def poisoned(self, batch):
+        if self.step == 7:
+            self.method.model.logit_scale.data.fill_(float("nan"))
+        return real_forward(self, batch)
+    monkeypatch.setattr(Trainer, "train_step", poisoned)
+    result = trainer.run()
+    assert result["status"] == "failed" and result["step"] == 7
+    assert "non-finite loss at step 7" in result["error"]
+    ckpt = torch.load(trainer.run_dir / "last.pt", weights_only=False)
+    assert ckpt["step"] == 6  # checkpoint_every=2: the last good one, not overwritten
+    assert torch.isfinite(ckpt["method"]["model.logit_scale"])
+    assert json.loads((trainer.run_dir / "result.json").read_text())["status"] == "failed"
