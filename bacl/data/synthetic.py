@@ -82,9 +82,8 @@ class SyntheticDataset:
         }
         n_tokens = a + cfg.distractor_tokens
         self.token_of_attribute = {m: torch.randperm(n_tokens, generator=gen)[:a] for m in ("vision", "text")}
-        train_attrs, test_attrs = self._items(cfg.n_train + cfg.n_test, gen).split([cfg.n_train, cfg.n_test])
-        self.train = self._split(train_attrs, gen)
-        self.test = self._split(test_attrs, gen)
+        self.train = self._split(self._items(cfg.n_train, gen), gen)
+        self.test = self._split(self._items(cfg.n_test, gen), gen)
 
     def _items(self, n: int, gen: torch.Generator) -> torch.Tensor:
         """[n', A] distinct attribute tuples in sibling groups (n' = n rounded to whole groups)."""
