@@ -1,7 +1,8 @@
 """BACL = BNS (policy + curriculum + Gumbel selection over FAISS candidates) + CLA.
 
 Policy objective (our reading of "optimised through Gumbel-Softmax with the boundary
-score as reward", docs/paper-gaps.md): logits = π(a, n) − α(η)·BS, a straight-through
+score as reward", docs/paper-gaps.md): logits = b·tanh(π(a, n)) − α(η)·BS/τ, with τ the
+contrastive temperature so BS is in logit units and b bounds the learned part; a straight-through
 Gumbel sample picks the negatives, and the policy maximises the curriculum-signed reward
 −α(η)·BS of what it picked. Early (α > 0) that favours easy negatives, late (α < 0) hard
 ones. The selection enters the contrastive loss only as indices, so the contrastive loss
@@ -27,6 +28,7 @@ class PolicyConfig:
     hidden: int = 128
     gumbel_tau: float = 1.0
     weight: float = 1.0  # weight of the policy's reward objective
+    bound: float = 2.0  # |π| <= bound: the learned priority modulates the curriculum, never overrides it
 
 
 @dataclass
@@ -57,6 +59,7 @@ class BACL(Method):
         require(cfg.policy.hidden > 0, "method.policy.hidden", cfg.policy.hidden, "> 0")
         require(cfg.policy.gumbel_tau > 0, "method.policy.gumbel_tau", cfg.policy.gumbel_tau, "> 0")
         require(cfg.policy.weight >= 0, "method.policy.weight", cfg.policy.weight, ">= 0")
+        require(cfg.policy.bound > 0, "method.policy.bound", cfg.policy.bound, "> 0")
         require(cfg.cla.beta >= 0, "method.cla.beta", cfg.cla.beta, ">= 0")
         require(cfg.cla.top > 0, "method.cla.top", cfg.cla.top, "> 0")
         require(cfg.cla.lambda_local >= 0, "method.cla.lambda_local", cfg.cla.lambda_local, ">= 0")
@@ -79,7 +82,9 @@ class BACL(Method):
         scores = self.candidate_scores(img, txt, candidates, step)  # detached
         alpha = self.curriculum.alpha(progress)
         bank = self.bank[candidates]
-        logits = self.policy(img.detach(), bank, scores) - alpha * scores
+        # BS in logit units (× 1/temperature), the scale at which the contrastive loss sees it
+        curriculum = -alpha * self.logit_scale.detach() * scores
+        logits = self.cfg.policy.bound * torch.tanh(self.policy(img.detach(), bank, scores)) + curriculum
         pick = gumbel_topk_st(logits, self.cfg.policy.gumbel_tau, self.cfg.num_negatives, self.generator)
         reward = -alpha * scores
         m = self.cfg.num_negatives

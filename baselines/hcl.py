@@ -25,4 +25,4 @@ class HCL(Method):
         require(0 <= cfg.tau_plus < 1, "method.tau_plus", cfg.tau_plus, "in [0, 1)")
 
     def direction_loss(self, logits: torch.Tensor) -> torch.Tensor:
-        return hcl(logits, float(self.logit_scale), self.cfg.beta, self.cfg.tau_plus)
+        return hcl(logits, float(self.logit_scale.detach()), self.cfg.beta, self.cfg.tau_plus)

@@ -1,0 +1,1 @@
+"""Aggregation of run results into tables, and the paper's figures."""

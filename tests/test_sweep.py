@@ -1,0 +1,152 @@
+"""Grid expansion, run_id stability, bad grids and profiles, skip-existing, local sweeps."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+import bacl.sweep as sweep
+from bacl.launch import validate_profile
+from bacl.registry import METHODS, ConfigError
+from conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def conf(tmp_path, monkeypatch):
+    """A private experiments/conf with the real cluster profiles and test ablations."""
+    root = tmp_path / "conf"
+    (root / "ablation").mkdir(parents=True)
+    (root / "cluster").symlink_to(ROOT / "experiments/conf/cluster")
+    monkeypatch.setattr(sweep, "CONF_DIR", root)
+
+    def write(name: str, text: str) -> None:
+        (root / "ablation" / f"{name}.yaml").write_text(text)
+    return write
+
+
+def test_every_shipped_ablation_expands():
+    sizes = {name: len(sweep.expand(name, [])) for name in sweep.available("ablation")}
+    assert sizes["schedule"] == (3 + 3) * 3
+    assert sizes["alpha"] == 9 * 3 and sizes["beta"] == 5 * 3 and sizes["k"] == 5 * 3
+    assert sizes["components"] == 5 * 3 and sizes["rho"] == 3 * 3 * 4 * 3
+
+
+def test_baselines_grid_lists_every_registered_method():
+    spec = sweep.load_ablation("baselines")
+    assert sorted(spec["grid"][0]["method"]) == METHODS.names()
+
+
+def test_grid_union_product_seeds_and_cli_axis(conf, tmp_path):
+    conf("g", "base: [method=bacl]\ngrid:\n  - pool.k: [5, 10]\n    method.cla.beta: [0.0, 1.0]\n"
+              "  - method.schedule.shape: [shallow]\nseeds: [0, 1]\n")
+    runs = sweep.expand("g", [f"output_dir={tmp_path}/out"])
+    assert len(runs) == (4 + 1) * 2
+    assert {(r.axes.get("pool.k"), r.axes.get("method.cla.beta")) for r in runs} >= {(5, 0.0), (10, 1.0)}
+    with_axis = sweep.expand("g", [f"output_dir={tmp_path}/out", "train.epochs=[1,2]"])
+    assert len(with_axis) == 2 * len(runs)
+    fixed = sweep.expand("g", [f"output_dir={tmp_path}/out", "train.epochs=3"])
+    assert all(r.cfg.train.epochs == 3 for r in fixed)
+
+
+def test_run_ids_are_stable_and_duplicates_collapse(conf, tmp_path):
+    conf("g", "grid:\n  - method.schedule.gamma: [1.5]\n  - method.schedule.shape: [default]\nseeds: [0]\n")
+    runs = sweep.expand("g", [f"output_dir={tmp_path}"])
+    assert len(runs) == 1  # gamma=1.5 is the default shape: one run, not two
+    again = sweep.expand("g", [f"output_dir={tmp_path}"])
+    assert [r.run_id for r in runs] == [r.run_id for r in again]
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("grid:\n  - pool.kk: [1]\n", r"unknown config key 'pool.kk'"),
+    ("grid:\n  - pool.k: 5\n", r"grid axis 'pool.k' must be a non-empty list"),
+    ("grid:\n  - pool.k: []\n", r"must be a non-empty list"),
+    ("grid:\n  - method: [nope]\n", r"unknown method 'nope'"),
+    ("grids:\n  - pool.k: [1]\n", r"unknown key\(s\) grids"),
+    ("grid:\n  - pool.k: [0]\n", r"pool.k=0"),
+    ("seeds: 3\n", r"'seeds' must be a non-empty list"),
+    ("grid: [\n", r"not valid YAML"),
+])
+def test_bad_grids_are_rejected_naming_the_key(conf, text, expected):
+    conf("bad", text)
+    with pytest.raises(ConfigError, match=expected):
+        sweep.expand("bad", [])
+
+
+def test_unknown_ablation_lists_choices():
+    with pytest.raises(ConfigError, match=r"unknown ablation 'nope': valid choices are .*schedule"):
+        sweep.expand("nope", [])
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("executor: pbs\ncpus_per_task: 1\ntimeout_min: 5\n", r"executor='pbs'"),
+    ("executor: slurm\ncpus_per_task: 0\ntimeout_min: 5\n", r"cpus_per_task=0"),
+    ("executor: slurm\ncpus_per_task: 1\ntimeout_min: 5\npartitoin: gpu\n", r"unknown key\(s\) partitoin"),
+    ("executor: slurm\ncpus_per_task: 1\ntimeout_min: 5\nmem_gb: -1\n", r"mem_gb=-1"),
+])
+def test_bad_cluster_profiles_are_rejected(text, expected):
+    with pytest.raises(ConfigError, match=expected):
+        validate_profile(OmegaConf.create(text), "profile.yaml")
+
+
+def test_sweep_cli_rejects_bad_profile_before_submitting(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments/sweep.py"), "ablation=schedule",
+                           "cluster=nowhere", f"output_dir={tmp_path}"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown cluster 'nowhere'" in proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def load_cli():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("sweep_cli", ROOT / "experiments/sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_local_sweep_runs_skips_and_aggregates(conf, tmp_path, capsys):
+    conf("tiny", "grid:\n  - method: [clip, bns_only]\nseeds: [0, 1]\n")
+    main = load_cli()
+    out = tmp_path / "sweep"
+    args = ["ablation=tiny", f"output_dir={out}", *TINY, "train.epochs=1"]
+
+    assert main([*args, "--dry-run"]) == 0
+    assert capsys.readouterr().out.count(" submit ") == 4
+
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "submitting 4 to local" in printed
+    results = [json.loads(p.read_text()) for p in out.glob("*/result.json")]
+    assert len(results) == 4 and all(r["status"] == "ok" for r in results)
+    summary = (out / "summary.csv").read_text().splitlines()
+    assert len(summary) == 1 + 2 and (out / "runs.parquet").exists()
+
+    assert main(args) == 0
+    assert "submitting 0" in capsys.readouterr().out  # nothing redone
+
+    victim = sorted(out.glob("*/result.json"))[0]
+    victim.unlink()
+    assert main([*args, "--status"]) == 0
+    assert "3 done, 1 started" in capsys.readouterr().out
+    assert main(args) == 0
+    assert "submitting 1" in capsys.readouterr().out and victim.exists()
+
+
+def test_failed_runs_are_reported_and_resubmitted(conf, tmp_path, capsys):
+    conf("tiny", "grid:\n  - method: [clip]\nseeds: [0]\n")
+    main = load_cli()
+    out = tmp_path / "sweep"
+    args = ["ablation=tiny", f"output_dir={out}", *TINY, "train.epochs=1"]
+    assert main(args) == 0
+    result_path = next(out.glob("*/result.json"))
+    result = json.loads(result_path.read_text())
+    result["status"], result["error"] = "failed", "non-finite loss at step 3"
+    result_path.write_text(json.dumps(result))
+    assert main([*args, "--status"]) == 0
+    assert "FAILED" in (printed := capsys.readouterr().out) and "non-finite loss at step 3" in printed
+    assert main(args) == 0
+    assert "submitting 1" in capsys.readouterr().out
+    assert json.loads(result_path.read_text())["status"] == "ok"
