@@ -35,7 +35,7 @@ class PolicyConfig:
 class ClaConfig:
     enabled: bool = True
     beta: float = 1.0  # gain on ΔA
-    top: int = 4  # |Ω|: query/key pairs with the largest ΔA per sample
+    top: int = 1  # |Ω|: query/key pairs with the largest ΔA per sample
     lambda_local: float = 0.3  # the paper's λ_local
     itm_weight: float = 0.0  # optional match loss on (positive, hardest negative); 0 = the paper's objective
 
@@ -68,24 +68,25 @@ class BACL(Method):
             raise ConfigError("method.negatives_in_contrast=false with method.cla.enabled=false leaves the "
                               "sampled negatives unused: enable one of them")
 
-    def __init__(self, cfg, model, train, pool, steps_per_epoch: int, seed: int):
-        super().__init__(cfg, model, train, pool, steps_per_epoch, seed)
+    def __init__(self, cfg, *args, **kwargs):
+        super().__init__(cfg, *args, **kwargs)
         self.curriculum = Curriculum(**cfg.schedule)
         if cfg.negatives == "bns":
-            self.policy = PolicyNet(model.head["text"].out_features, cfg.policy.hidden)
+            self.policy = PolicyNet(self.model.head["text"].out_features, cfg.policy.hidden)
 
     def select_negatives(self, batch: Batch, img: torch.Tensor, txt: torch.Tensor, step: int,
                          progress: float) -> tuple[Negatives | None, dict[str, torch.Tensor]]:
         if self.cfg.negatives != "bns":
             return super().select_negatives(batch, img, txt, step, progress)
-        candidates = self.train_split.random_caption(self.pool[batch.items], self.generator)
+        candidates = self.candidates(batch)
         scores = self.candidate_scores(img, txt, candidates, step)  # detached
         alpha = self.curriculum.alpha(progress)
         bank = self.bank[candidates]
         # BS in logit units (× 1/temperature), the scale at which the contrastive loss sees it
         curriculum = -alpha * self.logit_scale.detach() * scores
         logits = self.cfg.policy.bound * torch.tanh(self.policy(img.detach(), bank, scores)) + curriculum
-        pick = gumbel_topk_st(logits, self.cfg.policy.gumbel_tau, self.cfg.num_negatives, self.generator)
+        noise = batch.draw(candidates.shape[1:], self.generator)
+        pick = gumbel_topk_st(logits, self.cfg.policy.gumbel_tau, self.cfg.num_negatives, noise)
         reward = -alpha * scores
         m = self.cfg.num_negatives
         chosen = pick.detach().topk(m, dim=1).indices
@@ -102,12 +103,13 @@ class BACL(Method):
             return {}
         rows = torch.arange(negatives.captions.shape[0])
         hardest = negatives.captions[rows, negatives.scores.argmax(dim=1)]
-        match_pos, attn_pos = self.model.cross(batch.text, vision_hidden)
-        match_neg, attn_neg = self.model.cross(self.train_split.text[hardest].float(), vision_hidden)
+        # one cross-modal pass over [positives; hardest negatives] against the same images
+        text = torch.cat([batch.text, self.train_split.text[hardest].float()])
+        match, attn = self.model.cross(text, torch.cat([vision_hidden, vision_hidden]))
+        (match_pos, match_neg), (attn_pos, attn_neg) = match.chunk(2), attn.chunk(2)
         local, delta = cla_loss(attn_pos[:, 1:], attn_neg[:, 1:], cla.beta, cla.top)  # CLS query excluded
         out = {"local_loss": cla.lambda_local * local.mean(), "delta_a": delta.detach().mean()}
         if cla.itm_weight > 0:
-            match = torch.cat([match_pos, match_neg])
             target = torch.cat([torch.ones_like(match_pos), torch.zeros_like(match_neg)])
             out["itm_loss"] = cla.itm_weight * F.binary_cross_entropy_with_logits(match, target)
         return out

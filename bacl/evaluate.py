@@ -26,12 +26,13 @@ def alignment_margin(scores: torch.Tensor, text_item: torch.Tensor) -> float:
 
 
 def attention_localisation(model: AlignmentModel, split: FeatureSplit, max_pairs: int) -> dict[str, float]:
-    """How often CLA's ΔA points at the caption token that truly differs (synthetic only).
+    """Does ΔA = |A⁺ − A⁻| point at the tokens that truly differ? (synthetic data only)
 
-    For ambiguous pairs (anchor item, sibling differing in one attribute): A⁺ is the
-    anchor's caption attending to the anchor, A⁻ the sibling's caption attending to the
-    anchor. A hit is when the caption token whose ΔA row has the largest mass is the token
-    of the differing attribute. Chance level is 1 / (number of caption tokens).
+    For ambiguous pairs (anchor item, sibling differing in one attribute), A⁺ is the
+    anchor's caption attending to the anchor and A⁻ the sibling's caption attending to the
+    anchor. `ael` counts a hit when the largest cell of ΔA is (caption token, patch) of the
+    differing attribute; `ael_text` / `ael_vision` when the caption row / patch column with
+    the largest ΔA mass is that attribute's token. Chance levels are reported beside them.
     """
     anchor, negative, attribute = ambiguous_pairs(split)
     if anchor.numel() == 0:
@@ -46,11 +47,19 @@ def attention_localisation(model: AlignmentModel, split: FeatureSplit, max_pairs
         _, hidden = model.encode(split.vision[a].float(), "vision")
         _, attn_pos = model.cross(split.text[first_caption[a]].float(), hidden)
         _, attn_neg = model.cross(split.text[first_caption[n]].float(), hidden)
-        rows.append((attn_pos[:, 1:] - attn_neg[:, 1:]).abs())
+        rows.append((attn_pos[:, 1:] - attn_neg[:, 1:]).abs().cpu())
     delta = torch.cat(rows)  # [P, Lt, Lv]
-    hit = delta.sum(dim=2).argmax(dim=1).cpu() == split.text_token_of_attribute[attribute].cpu()
-    return {"ael": float(hit.float().mean()), "ael_chance": 1.0 / delta.shape[1],
-            "delta_a": float(delta.mean()), "ael_pairs": int(anchor.numel())}
+    text_tok = split.text_token_of_attribute.cpu()[attribute]
+    vision_tok = split.vision_token_of_attribute.cpu()[attribute]
+    lt, lv = delta.shape[1:]
+    cell = delta.flatten(1).argmax(dim=1)
+    return {
+        "ael": float(((cell // lv == text_tok) & (cell % lv == vision_tok)).float().mean()),
+        "ael_text": float((delta.sum(dim=2).argmax(dim=1) == text_tok).float().mean()),
+        "ael_vision": float((delta.sum(dim=1).argmax(dim=1) == vision_tok).float().mean()),
+        "ael_chance": 1.0 / (lt * lv), "ael_text_chance": 1.0 / lt, "ael_vision_chance": 1.0 / lv,
+        "delta_a": float(delta.mean()), "ael_pairs": int(anchor.numel()),
+    }
 
 
 @torch.no_grad()

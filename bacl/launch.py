@@ -31,6 +31,8 @@ class TrainJob(submitit.helpers.Checkpointable):
     def __call__(self, overrides: Sequence[str], threads: int = 0) -> dict:
         if threads:
             torch.set_num_threads(threads)
+        if submitit.JobEnvironment().num_tasks > 1:  # one task per GPU: join the process group
+            submitit.helpers.TorchDistributedEnvironment().export()
         trainer = Trainer(load_config(list(overrides)))
         result = trainer.run()
         return {"run_id": trainer.run_id, "status": result["status"], "error": result.get("error")}
@@ -58,7 +60,8 @@ def make_executor(profile: DictConfig, folder: Path, name: str) -> submitit.Exec
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster=profile.executor)
     params = dict(name=name, timeout_min=profile.timeout_min, cpus_per_task=profile.cpus_per_task,
                   mem_gb=profile.get("mem_gb", 4), nodes=profile.get("nodes", 1),
-                  gpus_per_node=profile.get("gpus_per_node", 0))
+                  gpus_per_node=profile.get("gpus_per_node", 0),
+                  tasks_per_node=max(1, profile.get("gpus_per_node", 0)))
     if profile.executor == "slurm":
         params.update(
             slurm_array_parallelism=profile.array_parallelism,

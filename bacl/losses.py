@@ -1,4 +1,4 @@
-"""Per-direction contrastive losses on a logits matrix whose positive is column `row index`.
+"""Per-direction contrastive losses: row i of the logits has its positive in column labels[i].
 
 Both return one loss per query so that a method can weight queries or directions.
 """
@@ -10,22 +10,27 @@ import torch
 import torch.nn.functional as F
 
 
-def info_nce(logits: torch.Tensor) -> torch.Tensor:
-    """[B, C] logits (C >= B, positive of row i in column i) -> [B] cross-entropy."""
-    return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device), reduction="none")
+def diagonal(logits: torch.Tensor) -> torch.Tensor:
+    return torch.arange(logits.shape[0], device=logits.device)
 
 
-def hcl(logits: torch.Tensor, scale: float, beta: float, tau_plus: float) -> torch.Tensor:
+def info_nce(logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """[b, C] logits -> [b] cross-entropy (labels default to the diagonal)."""
+    return F.cross_entropy(logits, diagonal(logits) if labels is None else labels, reduction="none")
+
+
+def hcl(logits: torch.Tensor, scale: float, beta: float, tau_plus: float,
+        labels: torch.Tensor | None = None) -> torch.Tensor:
     """Robinson et al. (2021) debiased hard-negative loss, in log space to survive large scales.
 
     Mirrors the official estimator (joshr17/HCL): importance weights neg**beta, the
     tau_plus debiasing term and the clamp at N * exp(-scale), where scale = 1 / temperature.
     """
     b = logits.shape[0]
-    diag = torch.arange(b, device=logits.device)
-    pos = logits[diag, diag]
+    rows, labels = diagonal(logits), diagonal(logits) if labels is None else labels
+    pos = logits[rows, labels]
     neg_mask = torch.ones_like(logits, dtype=torch.bool)
-    neg_mask[diag, diag] = False
+    neg_mask[rows, labels] = False
     neg = logits[neg_mask].view(b, -1)
     n = neg.shape[1]
     shift = neg.max(dim=1, keepdim=True).values.detach()

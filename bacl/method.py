@@ -15,6 +15,7 @@ from torch import nn
 
 from bacl.config import require
 from bacl.data.split import FeatureSplit
+from bacl.distributed import World
 from bacl.losses import info_nce
 from bacl.model import AlignmentModel
 from bacl.registry import ConfigError
@@ -36,10 +37,21 @@ class MethodConfig:
 
 @dataclass
 class Batch:
-    items: torch.Tensor  # [B] item indices into the training split
-    captions: torch.Tensor  # [B] the caption drawn for each item
-    vision: torch.Tensor  # [B, Lv, dv]
-    text: torch.Tensor  # [B, Lt, dt]
+    """This rank's rows of a global batch (all of it in a single process)."""
+    global_items: torch.Tensor  # [B] item indices of the whole global batch
+    rows: slice  # this rank's rows of it
+    captions: torch.Tensor  # [b] the caption drawn for each local item
+    vision: torch.Tensor  # [b, Lv, dv]
+    text: torch.Tensor  # [b, Lt, dt]
+
+    @property
+    def items(self) -> torch.Tensor:
+        return self.global_items[self.rows]
+
+    def draw(self, shape_tail: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        """Uniform noise for the global batch, sliced: ranks draw exactly what one process would."""
+        noise = torch.rand((self.global_items.shape[0], *shape_tail), generator=generator)
+        return noise[self.rows].to(self.global_items.device)
 
 
 @dataclass
@@ -63,8 +75,9 @@ class Method(nn.Module):
         require(cfg.bank_refresh_steps >= 0, "method.bank_refresh_steps", cfg.bank_refresh_steps, ">= 0")
 
     def __init__(self, cfg, model: AlignmentModel, train: FeatureSplit, pool: torch.Tensor,
-                 steps_per_epoch: int, seed: int):
+                 steps_per_epoch: int, seed: int, world: World = World()):
         super().__init__()
+        self.world = world
         if cfg.negatives != "in_batch" and cfg.num_negatives > pool.shape[1]:
             raise ConfigError(f"method.num_negatives={cfg.num_negatives} is larger than the pool: "
                               f"expected at most pool.k={pool.shape[1]}")
@@ -83,20 +96,21 @@ class Method(nn.Module):
                          progress: float) -> tuple[Negatives | None, dict[str, torch.Tensor]]:
         if self.cfg.negatives == "in_batch":
             return None, {}
-        candidates = self.train_split.random_caption(self.pool[batch.items], self.generator)  # [B, k]
+        candidates = self.candidates(batch)  # [b, k]
         m = self.cfg.num_negatives
         if self.cfg.negatives == "uniform":
-            pick = torch.rand(candidates.shape, generator=self.generator).argsort(dim=1)[:, :m].to(candidates.device)
+            pick = batch.draw(candidates.shape[1:], self.generator).argsort(dim=1)[:, :m]
             return Negatives(torch.gather(candidates, 1, pick), None), {}
         scores = self.candidate_scores(img, txt, candidates, step)
         top = scores.topk(m, dim=1)
         return Negatives(torch.gather(candidates, 1, top.indices), top.values), {}
 
-    def direction_loss(self, logits: torch.Tensor) -> torch.Tensor:
-        return info_nce(logits)
+    def direction_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """[b, C] logits, positive of row i in column labels[i] -> [b] per-query loss."""
+        return info_nce(logits, labels)
 
     def direction_weights(self, sims: torch.Tensor) -> tuple[float | torch.Tensor, float | torch.Tensor]:
-        """Weights of (image->text, text->image); `sims` is the [B, B] cosine matrix."""
+        """Weights of (image->text, text->image); `sims` is the global [B, B] cosine matrix."""
         return 0.5, 0.5
 
     def extra_losses(self, batch: Batch, vision_hidden: torch.Tensor, negatives: Negatives | None
@@ -104,6 +118,11 @@ class Method(nn.Module):
         return {}
 
     # ---- shared machinery ----------------------------------------------------------------
+    def candidates(self, batch: Batch) -> torch.Tensor:
+        """[b, k] one random caption of each FAISS candidate item of each local anchor."""
+        drawn = self.train_split.random_caption(self.pool[batch.global_items], self.generator)
+        return drawn[batch.rows]
+
     @torch.no_grad()
     def _refresh_bank(self, step: int) -> None:
         text = self.train_split.text
@@ -122,13 +141,18 @@ class Method(nn.Module):
     def logit_scale(self) -> torch.Tensor:
         return self.model.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
 
-    def contrastive(self, img: torch.Tensor, txt: torch.Tensor, neg: torch.Tensor | None) -> torch.Tensor:
-        sims = img @ txt.T
-        i2t = sims if neg is None else torch.cat([sims, torch.einsum("bd,bmd->bm", img, neg)], dim=1)
-        w_i2t, w_t2i = self.direction_weights(sims.detach())
+    def contrastive(self, img: torch.Tensor, txt: torch.Tensor, neg: torch.Tensor | None,
+                    rows: slice) -> torch.Tensor:
+        """Local rows against the gathered global batch (open_clip's local loss)."""
+        all_img, all_txt = self.world.gather(img), self.world.gather(txt)
+        labels = torch.arange(rows.start, rows.stop, device=img.device)
+        i2t = img @ all_txt.T
+        if neg is not None:
+            i2t = torch.cat([i2t, torch.einsum("bd,bmd->bm", img, neg)], dim=1)
+        w_i2t, w_t2i = self.direction_weights((all_img @ all_txt.T).detach())
         scale = self.logit_scale
-        return (w_i2t * self.direction_loss(scale * i2t).mean()
-                + w_t2i * self.direction_loss(scale * sims.T).mean())
+        return (w_i2t * self.direction_loss(scale * i2t, labels).mean()
+                + w_t2i * self.direction_loss(scale * (txt @ all_img.T), labels).mean())
 
     def forward(self, batch: Batch, step: int, progress: float) -> dict[str, torch.Tensor]:
         img, vision_hidden = self.model.encode(batch.vision, "vision")
@@ -142,7 +166,7 @@ class Method(nn.Module):
             negatives.scores = boundary_scores(img, txt, neg).detach()
         if negatives is not None and negatives.scores is not None:
             out["boundary_score"] = negatives.scores.mean()
-        out["contrastive_loss"] = self.contrastive(img, txt, neg)
+        out["contrastive_loss"] = self.contrastive(img, txt, neg, batch.rows)
         out.update(self.extra_losses(batch, vision_hidden, negatives))
         out["temperature"] = 1.0 / self.logit_scale.detach()
         return out

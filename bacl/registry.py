@@ -67,5 +67,6 @@ METHODS = Registry("method", {
 
 # Presets here are dotted keys of the whole run config (a dataset may suit a smaller model).
 DATASETS = Registry("dataset", {
-    "synthetic": Entry("bacl.data.synthetic:SyntheticDataset", {"model.width": 128, "model.heads": 4}),
+    "synthetic": Entry("bacl.data.synthetic:SyntheticDataset",
+                       {"model.width": 128, "model.heads": 4, "train.batch_size": 32}),
 })

@@ -14,10 +14,10 @@ def boundary_scores(anchor: torch.Tensor, positive: torch.Tensor, candidates: to
     return torch.einsum("bd,bkd->bk", anchor, candidates) - (anchor * positive).sum(-1, keepdim=True)
 
 
-def gumbel_topk_st(logits: torch.Tensor, tau: float, m: int, generator: torch.Generator) -> torch.Tensor:
-    """Straight-through Gumbel top-m: forward a hard {0,1} mask of m picks per row,
-    backward the gradient of softmax((logits + g) / tau). For m = 1 this is hard Gumbel-Softmax."""
-    u = torch.rand(logits.shape, generator=generator).to(logits.device)
+def gumbel_topk_st(logits: torch.Tensor, tau: float, m: int, u: torch.Tensor) -> torch.Tensor:
+    """Straight-through Gumbel top-m from uniform noise `u`: forward a hard {0,1} mask of m
+    picks per row, backward the gradient of softmax((logits + g) / tau). For m = 1 this is
+    hard Gumbel-Softmax."""
     gumbel = -torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-10)))
     y = (logits + gumbel) / tau
     soft = torch.softmax(y, dim=-1)

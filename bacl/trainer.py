@@ -8,6 +8,7 @@ redone; one with a checkpoint continues from it. A non-finite loss stops the run
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import defaultdict
@@ -20,6 +21,7 @@ from tqdm import tqdm
 
 from bacl.config import run_id, to_container
 from bacl.data.pool import candidate_pool
+from bacl.distributed import init_from_env
 from bacl.evaluate import evaluate
 from bacl.method import Batch, Method
 from bacl.model import AlignmentModel
@@ -58,12 +60,14 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.device = torch.device(cfg.train.device)
+        self.world = init_from_env(cfg.train.device)
         dataset = DATASETS.entry(cfg.dataset.name).load()(cfg.dataset)
         self.dataset = dataset
         train = dataset.train
         pool = candidate_pool(train.pooled(cfg.pool.modality), cfg.pool.k)
         self.train_split, self.test_split = train.to(self.device), dataset.test.to(self.device)
         self.batch_size = min(cfg.train.batch_size, train.n_items)
+        self.rows = self.world.rows(self.batch_size)
         self.steps_per_epoch = train.n_items // self.batch_size
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         model = AlignmentModel(
@@ -75,12 +79,13 @@ class Trainer:
         )
         method_cls = METHODS.entry(cfg.method.name).load()
         self.method: Method = method_cls(cfg.method, model, self.train_split, pool.to(self.device),
-                                         self.steps_per_epoch, cfg.seed).to(self.device)
+                                         self.steps_per_epoch, cfg.seed, self.world).to(self.device)
         params = [p for p in self.method.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(self.total_steps, cfg.train.warmup_fraction))
         self.step = 0
+        self.epoch_sums: dict[str, float] = defaultdict(float)  # running means of the current epoch
 
     # ---- checkpoints ---------------------------------------------------------------------
     def state(self) -> dict:
@@ -93,6 +98,7 @@ class Trainer:
             "bank": self.method.bank,
             "bank_step": self.method.bank_step,
             "torch_rng": torch.get_rng_state(),
+            "epoch_sums": dict(self.epoch_sums),
         }
 
     def load(self, state: dict) -> None:
@@ -103,65 +109,82 @@ class Trainer:
         self.method.generator.set_state(state["method_generator"])
         self.method.bank, self.method.bank_step = state["bank"], state["bank_step"]
         torch.set_rng_state(state["torch_rng"])
+        self.epoch_sums = defaultdict(float, state["epoch_sums"])
+        metrics_path = self.run_dir / "metrics.jsonl"
+        if self.world.is_main and metrics_path.exists():  # drop epochs logged after this checkpoint: they are redone
+            kept = [line for line in metrics_path.read_text().splitlines()
+                    if json.loads(line)["step"] <= self.step]
+            write_text(metrics_path, "".join(line + "\n" for line in kept))
 
     # ---- the loop ----------------------------------------------------------------------------
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
         return torch.randperm(self.train_split.n_items, generator=gen)
 
-    def _batch(self, items: torch.Tensor) -> Batch:
+    def _batch(self, global_items: torch.Tensor) -> Batch:
         split = self.train_split
-        items = items.to(self.device)
-        captions = split.random_caption(items, self.method.generator)
-        return Batch(items, captions, split.vision[items].float(), split.text[captions].float())
+        global_items = global_items.to(self.device)
+        captions = split.random_caption(global_items, self.method.generator)[self.rows]
+        items = global_items[self.rows]
+        return Batch(global_items, self.rows, captions, split.vision[items].float(), split.text[captions].float())
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
+    def backward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of this rank's rows, gradients averaged over ranks; stops on a non-finite loss."""
         out = self.method(batch, self.step, self.step / self.total_steps)
         loss = sum(v for k, v in out.items() if k.endswith("_loss"))
-        if not torch.isfinite(loss):
+        if not torch.isfinite(self.world.mean(loss)):
             terms = {k: float(v) for k, v in out.items() if k.endswith("_loss")}
             raise NonFiniteLoss(f"non-finite loss at step {self.step}: {terms}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.world.average_gradients([p for p in self.method.parameters() if p.requires_grad])
+        return loss, out
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        loss, out = self.backward(batch)
         if self.cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.train.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        stats = {k: float(v.detach()) for k, v in out.items()}
-        stats["loss"] = float(loss.detach())
+        stats = {k: float(self.world.mean(v)) for k, v in out.items()}
+        stats["loss"] = float(self.world.mean(loss))
         return stats
 
     def fit(self) -> dict[str, float]:
         cfg = self.cfg
         metrics_path = self.run_dir / "metrics.jsonl"
         ckpt_path = self.run_dir / "last.pt"
+        main = self.world.is_main
         progress = tqdm(total=self.total_steps, initial=self.step, desc=f"{cfg.method.name} {self.run_id}",
-                        unit="step", dynamic_ncols=True)
+                        unit="step", dynamic_ncols=True, disable=not main)
         metrics: dict[str, float] = {}
         while self.step < self.total_steps:
             epoch, offset = divmod(self.step, self.steps_per_epoch)
             order = self._epoch_order(epoch)
-            sums: dict[str, float] = defaultdict(float)
+            if offset == 0:
+                self.epoch_sums = defaultdict(float)
             for i in range(offset, self.steps_per_epoch):
                 stats = self.train_step(self._batch(order[i * self.batch_size:(i + 1) * self.batch_size]))
                 for k, v in stats.items():
-                    sums[k] += v
+                    self.epoch_sums[k] += v
                 progress.update(1)
                 progress.set_postfix(loss=f"{stats['loss']:.3f}")
-                if self.step % cfg.train.checkpoint_every == 0:
+                if main and self.step % cfg.train.checkpoint_every == 0:
                     save_checkpoint(ckpt_path, self.state())
-            steps = self.steps_per_epoch - offset
             record = {"epoch": epoch + 1, "step": self.step, "progress": self.step / self.total_steps,
                       "lr": self.scheduler.get_last_lr()[0],
-                      "train": {k: v / steps for k, v in sums.items()}}
+                      "train": {k: v / self.steps_per_epoch for k, v in self.epoch_sums.items()}}
             last_epoch = self.step == self.total_steps
-            if last_epoch or (epoch + 1) % cfg.eval.every_epochs == 0:
+            if main and (last_epoch or (epoch + 1) % cfg.eval.every_epochs == 0):
                 metrics = evaluate(self.method.model, self.test_split, cfg.eval.ks)
                 record["eval"] = metrics
-            append_jsonl(metrics_path, record)
+            if main:
+                append_jsonl(metrics_path, record)
+            self.world.barrier()
         progress.close()
-        save_checkpoint(ckpt_path, self.state())
+        if main:
+            save_checkpoint(ckpt_path, self.state())
         return metrics
 
     def run(self) -> dict:
@@ -172,8 +195,10 @@ class Trainer:
             return previous
         started, t0 = _now(), time.perf_counter()
         self.build()  # bad input fails here, before anything is written
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg))
+        main = self.world.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg))
         record = {"run_id": self.run_id, "method": self.cfg.method.name, "dataset": self.cfg.dataset.name,
                   "seed": self.cfg.seed, "config": to_container(self.cfg), "git_commit": git_commit(),
                   "packages": package_versions(), "started_at": started}
@@ -192,5 +217,6 @@ class Trainer:
         finally:
             record.update(step=self.step, finished_at=_now(),
                           wall_time_s=round(time.perf_counter() - t0, 3))
-            write_json(result_path, record)
+            if main:
+                write_json(result_path, record)
         return record

@@ -24,5 +24,5 @@ class HCL(Method):
         require(cfg.beta >= 0, "method.beta", cfg.beta, ">= 0")
         require(0 <= cfg.tau_plus < 1, "method.tau_plus", cfg.tau_plus, "in [0, 1)")
 
-    def direction_loss(self, logits: torch.Tensor) -> torch.Tensor:
-        return hcl(logits, float(self.logit_scale.detach()), self.cfg.beta, self.cfg.tau_plus)
+    def direction_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return hcl(logits, float(self.logit_scale.detach()), self.cfg.beta, self.cfg.tau_plus, labels)

@@ -31,7 +31,7 @@ def test_worked_example_trains(tiny_config, tmp_path, monkeypatch):
     logits = torch.randn(4, 6, dtype=torch.float64)
     method = object.__new__(focal)
     method.cfg = type("C", (), {"gamma": 2.0})
-    ours = focal.direction_loss(method, logits)
+    ours = focal.direction_loss(method, logits, torch.arange(4))
     for i in range(4):
         p = torch.softmax(logits[i], 0)[i]
         assert torch.isclose(ours[i], -(1 - p) ** 2 * torch.log(p))

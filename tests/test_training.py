@@ -69,3 +69,37 @@ def test_non_finite_loss_fails_the_run_and_keeps_the_checkpoint(tiny_config, mon
     assert ckpt["step"] == 6  # checkpoint_every=2: the last good one, not overwritten
     assert torch.isfinite(ckpt["method"]["model.logit_scale"])
     assert json.loads((trainer.run_dir / "result.json").read_text())["status"] == "failed"
+
+
+def test_attention_localisation_against_hand_built_maps(monkeypatch):
+    """A model whose ΔA peaks exactly at the differing attribute's tokens scores AEL = 1."""
+    from omegaconf import OmegaConf
+
+    from bacl.data.synthetic import SyntheticDataset, ambiguous_pairs
+    from bacl.evaluate import attention_localisation
+
+    data = SyntheticDataset(OmegaConf.structured(SyntheticDataset.Config(n_train=12, n_test=24, rho=0.1)))
+    split = data.test
+    lt, lv = split.text.shape[1], split.vision.shape[1]
+
+    class Oracle:
+        """Caption c attends with weight 1 to the vision token of its own item's fine value."""
+        def encode(self, vision, modality):
+            return None, vision
+
+        def cross(self, text, hidden):
+            b = text.shape[0]
+            attn = torch.full((b, lt + 1, lv), 1.0 / lv)
+            rows = torch.cdist(text.flatten(1), split.text.flatten(1)).argmin(1)
+            items = split.text_item[rows]
+            varied = (split.attributes[items][:, None] != split.attributes).sum(-1)
+            for k, item in enumerate(items):
+                a = torch.nonzero(split.attributes[item] != split.attributes[(varied[k] == 1).nonzero()[0, 0]])[0, 0]
+                t, v = split.text_token_of_attribute[a], split.vision_token_of_attribute[a]
+                attn[k, 1 + t] = 0
+                attn[k, 1 + t, v] = float(split.attributes[item, a] + 1)
+            return None, attn
+    out = attention_localisation(Oracle(), split, max_pairs=64)
+    assert out["ael"] == out["ael_text"] == out["ael_vision"] == 1.0
+    assert out["ael_pairs"] == min(64, ambiguous_pairs(split)[0].numel())
+    assert out["ael_chance"] == pytest.approx(1 / (lt * lv))

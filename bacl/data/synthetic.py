@@ -35,7 +35,7 @@ class SyntheticConfig:
     n_attributes: int = 6
     n_fine: int = 3
     n_values: int = 12
-    fine_salience: float = 0.35
+    fine_salience: float = 1.0
     noise: float = 0.5
     distractor_tokens: int = 2
     captions_per_item: int = 2

@@ -1,0 +1,93 @@
+"""Data parallelism: one global batch split into contiguous per-rank slices.
+
+The contrastive loss follows open_clip's `ClipLoss(local_loss=True, gather_with_grad=True)`:
+each rank scores its own rows against the gathered global batch, and the all-gather
+passes gradients back to the rank that owns each feature. With gradients averaged over
+ranks this equals the single-process gradient of the global-batch loss. Random draws
+(captions, negatives, Gumbel noise) are made for the whole global batch on every rank and
+sliced, so every rank consumes its generator exactly like a single process would.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from bacl.registry import ConfigError
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather forward; backward sums every rank's gradient and returns this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad.chunk(dist.get_world_size(), dim=0)[dist.get_rank()]
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def rows(self, global_batch: int) -> slice:
+        if global_batch % self.size:
+            raise ConfigError(f"train.batch_size={global_batch} must be divisible by the {self.size} ranks")
+        local = global_batch // self.size
+        return slice(self.rank * local, (self.rank + 1) * local)
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """Concatenate every rank's `x` along dim 0, keeping the gradient path to each owner."""
+        if self.size == 1:
+            return x
+        return _GatherWithGrad.apply(x)
+
+    def mean(self, x: torch.Tensor) -> torch.Tensor:
+        """Detached mean over ranks (for logging and for agreeing on a stop)."""
+        if self.size == 1:
+            return x.detach()
+        x = x.detach().clone()
+        dist.all_reduce(x)
+        return x / self.size
+
+    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        if self.size == 1:
+            return
+        for p in params:
+            if p.grad is None:  # unused this step on every rank alike: keep it None, as one process would
+                continue
+            dist.all_reduce(p.grad)
+            p.grad /= self.size
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            dist.barrier()
+
+
+def current_world() -> World:
+    """The process group set up by the launcher (submitit or torchrun), or a single process."""
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size())
+    return World()
+
+
+def init_from_env(device: str) -> World:
+    """Join the process group described by RANK/WORLD_SIZE/MASTER_ADDR (submitit exports them)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if device.startswith("cuda"):
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return current_world()

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Stop the daemons that slurm/local/start.sh started, and only those (it records them in
+# /var/lib/slurm_local/started as "NAME PID STARTTIME EXE"). Daemons that were already running
+# when start.sh ran are left alone. Safe to run twice, and when nothing was started.
+#
+# Jobs still in the queue are cancelled first (when this script is about to stop slurmctld or
+# slurmd and the controller answers). Environment: SLURM_LOCAL_STOP_TIMEOUT (15 s before KILL).
+set -euo pipefail
+
+T0=${EPOCHREALTIME/./}
+STATE_DIR=/var/lib/slurm_local
+STARTED=$STATE_DIR/started
+STOP_TIMEOUT=${SLURM_LOCAL_STOP_TIMEOUT:-15}
+ORDER=(slurmd slurmctld slurmdbd mariadbd munged)   # reverse of the start order
+declare -A OWN_PIDFILE=([munged]=/run/munge/munged.pid [mariadbd]=/run/mysqld/mysqld.pid
+                        [slurmdbd]=/run/slurmdbd.pid [slurmctld]=/run/slurmctld.pid [slurmd]=/run/slurmd.pid)
+
+log() { echo "slurm-local: $*" >&2; }
+[[ $(id -u) -eq 0 ]] || { log "ERROR: must run as root"; exit 1; }
+
+if [[ ! -s $STARTED ]]; then
+    echo "slurm-local: nothing to stop (no daemon recorded as started by start.sh)"
+    exit 0
+fi
+exec 9>"$STATE_DIR/lock"
+flock -w 600 9 || { log "ERROR: another start.sh or stop.sh holds $STATE_DIR/lock"; exit 1; }
+
+proc_stat() { # "STATE STARTTIME" of PID
+    local s
+    { read -r s </proc/"$1"/stat; } 2>/dev/null || return 1
+    s=${s##*) }
+    local -a f=($s)
+    echo "${f[0]} ${f[19]}"
+}
+proc_exe() { local e; e=$(readlink /proc/"$1"/exe 2>/dev/null) || return 1; echo "${e% (deleted)}"; }
+pid_live() { local s; s=$(proc_stat "$1") || return 1; [[ ${s%% *} != [ZX] ]]; }  # zombies are gone
+# Same PID, same start time, same executable: never signal a PID that was reused.
+is_same() {
+    local s; s=$(proc_stat "$1") || return 1
+    [[ ${s%% *} != [ZX] && ${s#* } == "$2" && $(proc_exe "$1") == "$3" ]]
+}
+record_get() { awk -v n="$1" '$1 == n {print $2, $3, $4}' "$STARTED" | tail -n1; }
+record_del() { awk -v n="$1" '$1 != n' "$STARTED" >"$STARTED.tmp"; mv -f "$STARTED.tmp" "$STARTED"; }
+rm_own_pidfile() { # NAME PID: the daemon's own PID file, if it still names PID (slurm cannot unlink it in /run)
+    local f=${OWN_PIDFILE[$1]}
+    if [[ -f $f ]] && [[ $(awk 'NR==1 {print $1}' "$f" 2>/dev/null) == "$2" ]] && ! pid_live "$2"; then
+        rm -f "$f"
+    fi
+}
+
+# Cancel the jobs while the controller is still there (a stale queue survives in StateSaveLocation).
+ours_alive() { local r; r=$(record_get "$1"); [[ -n $r ]] && is_same $r; }
+if { ours_alive slurmctld || ours_alive slurmd; } && timeout 5 scontrol ping 2>/dev/null | grep -q 'is UP'; then
+    jobs=$(timeout 10 squeue -h -o %i 2>/dev/null || true)
+    if [[ -n $jobs ]]; then
+        log "cancelling jobs: $(echo $jobs)"
+        # shellcheck disable=SC2086
+        timeout 10 scancel $jobs 2>/dev/null || true
+        for ((i = 0; i < 150; i++)); do   # KillWait=10: SIGTERM, then SIGKILL 10 s later
+            [[ -z $(timeout 5 squeue -h -o %i 2>/dev/null) ]] && break
+            sleep 0.1
+        done
+    fi
+fi
+
+stopped=()
+for name in "${ORDER[@]}"; do
+    rec=$(record_get "$name")
+    [[ -n $rec ]] || continue
+    read -r pid st exe <<<"$rec"
+    if is_same "$pid" "$st" "$exe"; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do is_same "$pid" "$st" "$exe" || break; sleep 0.1; done
+        if is_same "$pid" "$st" "$exe"; then
+            log "$name (PID $pid) still running ${STOP_TIMEOUT}s after SIGTERM: SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+            for ((i = 0; i < 50; i++)); do is_same "$pid" "$st" "$exe" || break; sleep 0.1; done
+        fi
+        if is_same "$pid" "$st" "$exe"; then
+            log "ERROR: could not stop $name (PID $pid)"
+            continue   # keep its record: a later run can try again
+        fi
+        stopped+=("$name")
+    else
+        log "$name (PID $pid) had already exited"
+    fi
+    rm_own_pidfile "$name" "$pid"
+    record_del "$name"
+done
+
+us=$((${EPOCHREALTIME/./} - T0))
+printf 'slurm-local: stopped: %s (%d.%01ds)\n' "${stopped[*]:-none}" $((us / 1000000)) $((us % 1000000 / 100000))
+[[ ! -s $STARTED ]] || { log "ERROR: still running: $(cut -d' ' -f1 "$STARTED" | xargs)"; exit 1; }
