@@ -133,7 +133,7 @@ class Trainer:
         out = self.method(batch, self.step, self.step / self.total_steps)
         loss = sum(v for k, v in out.items() if k.endswith("_loss"))
         if not torch.isfinite(self.world.mean(loss)):
-            terms = {k: float(v) for k, v in out.items() if k.endswith("_loss")}
+            terms = {k: float(v.detach()) for k, v in out.items() if k.endswith("_loss")}
             raise NonFiniteLoss(f"non-finite loss at step {self.step}: {terms}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -206,6 +206,7 @@ class Trainer:
             ckpt = self.run_dir / "last.pt"
             if ckpt.exists():
                 self.load(torch.load(ckpt, weights_only=False))
+                record["resumed_from_step"] = self.step
             metrics = self.fit()
             record.update(status="ok", metrics=metrics)
         except NonFiniteLoss as err:

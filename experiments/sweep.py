@@ -21,7 +21,7 @@ from bacl.registry import ConfigError
 from bacl.results import read_json, write_json
 from bacl.sweep import expand, load_group_file, run_state
 
-ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED"}
+ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "UNKNOWN"}
 
 
 def _log_tail(path: str | None, lines: int = 8) -> str:
@@ -63,9 +63,12 @@ def main(argv: list[str]) -> int:
     states = {}
     for run in runs:
         state, error = run_state(run)
-        if state in ("started", "missing") and profile.executor == "slurm":
-            if _slurm_state(jobs.get(run.run_id), folder) in ACTIVE:
+        if state in ("started", "missing") and profile.executor == "slurm" and run.run_id in jobs:
+            slurm_state = _slurm_state(jobs[run.run_id], folder)
+            if slurm_state in ACTIVE or slurm_state is None:
                 state = "running"
+            else:  # the job ended (cancelled, killed, out of memory...) without writing a result
+                state, error = "failed", f"slurm job {jobs[run.run_id]['job_id']} ended {slurm_state} without a result"
         states[run.run_id] = (state, error)
 
     if args.dry_run or args.status:

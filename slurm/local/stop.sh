@@ -63,6 +63,11 @@ if { ours_alive slurmctld || ours_alive slurmd; } && timeout 5 scontrol ping 2>/
     fi
 fi
 
+if unknown=$(awk '$1 !~ /^(slurmd|slurmctld|slurmdbd|mariadbd|munged)$/' "$STARTED") && [[ -n $unknown ]]; then
+    log "ignoring unknown lines in $STARTED: $unknown"
+    awk '$1 ~ /^(slurmd|slurmctld|slurmdbd|mariadbd|munged)$/' "$STARTED" >"$STARTED.tmp"; mv -f "$STARTED.tmp" "$STARTED"
+fi
+
 stopped=()
 for name in "${ORDER[@]}"; do
     rec=$(record_get "$name")

@@ -1,0 +1,50 @@
+"""Aggregation of fixture result files against hand-computed means and standard deviations."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis.aggregate import load_runs, summarise, write_tables
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fixture(root: Path, run: str, method: str, seed: int, r1: float | None, status: str = "ok") -> None:
+    (root / run).mkdir(parents=True)
+    record = {"run_id": run, "status": status, "config": {"seed": seed, "method": {"name": method, "k": [1, 2]},
+                                                          "output_dir": str(root)}}
+    if r1 is not None:
+        record["metrics"] = {"i2t_R@1": r1, "t2i_R@1": r1 / 2}
+    (root / run / "result.json").write_text(json.dumps(record))
+
+
+def test_means_stds_and_missing_runs(tmp_path):
+    fixture(tmp_path, "a", "clip", 0, 10.0)
+    fixture(tmp_path, "b", "clip", 1, 20.0)
+    fixture(tmp_path, "c", "clip", 2, 60.0)
+    fixture(tmp_path, "d", "bacl", 0, 50.0)
+    fixture(tmp_path, "e", "bacl", 1, None, status="failed")
+    summary = summarise(load_runs(tmp_path)).set_index("cfg.method.name")
+    assert summary.loc["clip", "i2t_R@1 mean"] == pytest.approx(30.0)
+    assert summary.loc["clip", "i2t_R@1 std"] == pytest.approx(pd.Series([10, 20, 60]).std())  # 26.458
+    assert summary.loc["clip", "t2i_R@1 mean"] == pytest.approx(15.0)
+    assert summary.loc["bacl", "seeds"] == 1 and pd.isna(summary.loc["bacl", "i2t_R@1 std"])
+
+    written = write_tables(tmp_path)
+    assert (tmp_path / "runs.parquet").exists() and "bacl" in (tmp_path / "summary.md").read_text()
+    runs = pd.read_parquet(tmp_path / "runs.parquet")
+    assert sorted(runs.status) == ["failed", "ok", "ok", "ok", "ok"]
+    assert len(written) == 2
+
+
+def test_report_cli(tmp_path):
+    fixture(tmp_path, "a", "clip", 0, 10.0)
+    proc = subprocess.run([sys.executable, str(ROOT / "analysis/report.py"), str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "1 ok, 0 not ok" in proc.stdout
+    empty = subprocess.run([sys.executable, str(ROOT / "analysis/report.py"), str(tmp_path / "nope")],
+                           capture_output=True, text=True)
+    assert empty.returncode == 2

@@ -1,0 +1,95 @@
+"""End to end on the local SLURM cluster (slurm/local/start.sh): sweeps, requeue, dead jobs."""
+import json
+import time
+from pathlib import Path
+
+import pytest
+import submitit
+
+import bacl.sweep as sweep
+from bacl.config import load_config, run_id
+from bacl.launch import TrainJob
+from bacl.trainer import Trainer
+from conftest import TINY
+from test_sweep import load_cli
+
+pytestmark = pytest.mark.slurm
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 1.0) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise TimeoutError(f"gave up after {timeout:.0f} s waiting for {what}")
+        time.sleep(poll)
+
+
+def test_sweep_through_slurm_returns_at_once_and_completes(slurm_cluster, tmp_path, monkeypatch, capsys):
+    root = tmp_path / "conf"
+    (root / "ablation").mkdir(parents=True)
+    (root / "cluster").symlink_to(Path(sweep.CONF_DIR) / "cluster")
+    (root / "ablation" / "tiny.yaml").write_text("grid:\n  - method: [clip, bacl]\nseeds: [0, 1]\n")
+    monkeypatch.setattr(sweep, "CONF_DIR", root)
+    main = load_cli()
+    out = tmp_path / "sweep"
+    args = ["ablation=tiny", "cluster=slurm", f"output_dir={out}", *TINY, "train.epochs=1"]
+
+    t0 = time.time()
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "submitting 4 to slurm" in printed and "submitted arrays" in printed
+    assert time.time() - t0 < 30  # returns without waiting for the runs
+    jobs = json.loads((out / "jobs.json").read_text())
+    assert len(jobs) == 4 and len({j["job_id"].split("_")[0] for j in jobs.values()}) == 1  # one array
+
+    def all_done() -> bool:
+        main([*args, "--status"])
+        return "4 done" in capsys.readouterr().out
+    wait_for(all_done, 300, "the 4 runs of the array")
+    assert all(json.loads(p.read_text())["status"] == "ok" for p in out.glob("*/result.json"))
+    assert main(args) == 0
+    assert "submitting 0" in capsys.readouterr().out
+
+
+def test_job_past_its_time_limit_is_requeued_and_resumes(slurm_cluster, tmp_path):
+    # ~45 s of training under a 1-minute limit: SLURM signals before the limit, submitit
+    # requeues the Checkpointable job and the new process continues from last.pt.
+    overrides = [*TINY, "method=clip", "train.epochs=150", "train.checkpoint_every=6", f"output_dir={tmp_path}/runs"]
+    executor = submitit.AutoExecutor(folder=tmp_path / "logs" / "%j", cluster="slurm")
+    executor.update_parameters(timeout_min=1, slurm_signal_delay_s=30, cpus_per_task=1, mem_gb=1)
+    t0 = time.time()
+    job = executor.submit(TrainJob(), overrides, 1)
+    wait_for(job.done, 420, "the requeued job", poll=2)
+    outcome = job.result()
+    elapsed = time.time() - t0
+    result = json.loads((Path(tmp_path / "runs") / outcome["run_id"] / "result.json").read_text())
+    assert result["status"] == "ok", result
+    assert result.get("resumed_from_step", 0) > 0, "the job finished without being requeued"
+    print(f"requeue test: {elapsed:.1f} s, resumed from step {result['resumed_from_step']}")
+
+    straight = Trainer(load_config([*overrides[:-1], f"output_dir={tmp_path}/straight"])).run()
+    assert straight["metrics"] == result["metrics"]  # resumption is exact on CPU
+
+
+def test_job_killed_without_result_is_reported_failed(slurm_cluster, tmp_path, monkeypatch, capsys):
+    root = tmp_path / "conf"
+    (root / "ablation").mkdir(parents=True)
+    (root / "cluster").symlink_to(Path(sweep.CONF_DIR) / "cluster")
+    (root / "ablation" / "long.yaml").write_text("grid:\n  - method: [clip]\nseeds: [0]\n")
+    monkeypatch.setattr(sweep, "CONF_DIR", root)
+    main = load_cli()
+    out = tmp_path / "sweep"
+    args = ["ablation=long", "cluster=slurm", f"output_dir={out}", *TINY, "train.epochs=500"]
+    assert main(args) == 0
+    capsys.readouterr()
+    job_id = json.loads((out / "jobs.json").read_text()).popitem()[1]["job_id"]
+    job = submitit.SlurmJob(folder=out / ".submitit" / "%j", job_id=job_id)
+    wait_for(lambda: job.state == "RUNNING", 120, "the job to start")
+    job.cancel(check=True)
+
+    def reported_failed() -> bool:
+        main([*args, "--status"])
+        return "1 failed" in capsys.readouterr().out
+    wait_for(reported_failed, 120, "the cancelled job to be reported failed")
+    main([*args, "--status"])
+    assert f"slurm job {job_id} ended CANCELLED" in capsys.readouterr().out
