@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from bacl.cla import cla_loss
 from bacl.config import require
 from bacl.method import Batch, Method, MethodConfig, Negatives
+from bacl.model import Encoded
 from bacl.registry import ConfigError
 from bacl.sampler import PolicyNet, gumbel_topk_st
 from bacl.schedule import Curriculum, ScheduleConfig, resolve_schedule
@@ -96,16 +97,20 @@ class BACL(Method):
         }
         return Negatives(torch.gather(candidates, 1, chosen), torch.gather(scores, 1, chosen)), stats
 
-    def extra_losses(self, batch: Batch, vision_hidden: torch.Tensor, negatives: Negatives | None
+    def extra_losses(self, batch: Batch, vision: Encoded, text: Encoded, negatives: Negatives | None
                      ) -> dict[str, torch.Tensor]:
         cla = self.cfg.cla
         if not cla.enabled or negatives is None:
             return {}
-        rows = torch.arange(negatives.captions.shape[0])
-        hardest = negatives.captions[rows, negatives.scores.argmax(dim=1)]
+        rows = torch.arange(negatives.captions.shape[0], device=negatives.captions.device)
+        pick = negatives.scores.argmax(dim=1)
+        if negatives.shared is not None:  # encoded for the contrastive loss: reuse
+            hardest = negatives.shared[rows, pick]
+        else:
+            hardest = self.model.shared(self.train_split.text[negatives.captions[rows, pick]].float(), "text")
         # one cross-modal pass over [positives; hardest negatives] against the same images
-        text = torch.cat([batch.text, self.train_split.text[hardest].float()])
-        match, attn = self.model.cross(text, torch.cat([vision_hidden, vision_hidden]))
+        match, attn = self.model.cross(torch.cat([text.shared, hardest]),
+                                       torch.cat([vision.hidden, vision.hidden]))
         (match_pos, match_neg), (attn_pos, attn_neg) = match.chunk(2), attn.chunk(2)
         local, delta = cla_loss(attn_pos[:, 1:], attn_neg[:, 1:], cla.beta, cla.top)  # CLS query excluded
         out = {"local_loss": cla.lambda_local * local.mean(), "delta_a": delta.detach().mean()}

@@ -26,6 +26,7 @@ DEFAULT_DATASET = "synthetic"
 class ModelConfig:
     width: int = 512  # the paper's hidden size
     layers: int = 4  # the paper's 4-layer cross-modal transformer
+    cross_layers: int = 1  # last blocks with cross-attention in cross-modal mode (4 = fused throughout)
     heads: int = 8
     mlp_ratio: float = 4.0
     dropout: float = 0.0
@@ -130,6 +131,7 @@ def _validate_common(cfg: DictConfig) -> None:
     require(m.width > 0 and m.heads > 0 and m.width % m.heads == 0, "model.heads", m.heads,
             f"a positive divisor of model.width={m.width}")
     require(m.layers > 0, "model.layers", m.layers, "> 0")
+    require(1 <= m.cross_layers <= m.layers, "model.cross_layers", m.cross_layers, f"in [1, model.layers={m.layers}]")
     require(0 <= m.dropout < 1, "model.dropout", m.dropout, "in [0, 1)")
     require(all(k > 0 for k in cfg.eval.ks), "eval.ks", list(cfg.eval.ks), "positive integers")
 

@@ -14,7 +14,8 @@ CHUNK = 1024
 
 
 def _encode(model: AlignmentModel, tokens: torch.Tensor, modality: str) -> torch.Tensor:
-    return torch.cat([model.encode(tokens[i:i + CHUNK].float(), modality)[0] for i in range(0, len(tokens), CHUNK)])
+    return torch.cat([model.encode(tokens[i:i + CHUNK].float(), modality).embedding
+                      for i in range(0, len(tokens), CHUNK)])
 
 
 def alignment_margin(scores: torch.Tensor, text_item: torch.Tensor) -> float:
@@ -44,9 +45,9 @@ def attention_localisation(model: AlignmentModel, split: FeatureSplit, max_pairs
     rows = []
     for i in range(0, anchor.numel(), CHUNK):
         a, n = anchor[i:i + CHUNK], negative[i:i + CHUNK]
-        _, hidden = model.encode(split.vision[a].float(), "vision")
-        _, attn_pos = model.cross(split.text[first_caption[a]].float(), hidden)
-        _, attn_neg = model.cross(split.text[first_caption[n]].float(), hidden)
+        hidden = model.encode(split.vision[a].float(), "vision").hidden
+        _, attn_pos = model.cross(model.shared(split.text[first_caption[a]].float(), "text"), hidden)
+        _, attn_neg = model.cross(model.shared(split.text[first_caption[n]].float(), "text"), hidden)
         rows.append((attn_pos[:, 1:] - attn_neg[:, 1:]).abs().cpu())
     delta = torch.cat(rows)  # [P, Lt, Lv]
     text_tok = split.text_token_of_attribute.cpu()[attribute]

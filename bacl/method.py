@@ -17,7 +17,7 @@ from bacl.config import require
 from bacl.data.split import FeatureSplit
 from bacl.distributed import World
 from bacl.losses import info_nce
-from bacl.model import AlignmentModel
+from bacl.model import AlignmentModel, Encoded
 from bacl.registry import ConfigError
 from bacl.sampler import boundary_scores
 
@@ -56,8 +56,9 @@ class Batch:
 
 @dataclass
 class Negatives:
-    captions: torch.Tensor  # [B, m] caption indices into the training split
-    scores: torch.Tensor | None  # [B, m] boundary scores, when the selection computed them
+    captions: torch.Tensor  # [b, m] caption indices into the training split
+    scores: torch.Tensor | None  # [b, m] boundary scores, when known
+    shared: torch.Tensor | None = None  # [b, m, 1+Lt, W] their text state, when they were encoded
 
 
 class Method(nn.Module):
@@ -113,7 +114,7 @@ class Method(nn.Module):
         """Weights of (image->text, text->image); `sims` is the global [B, B] cosine matrix."""
         return 0.5, 0.5
 
-    def extra_losses(self, batch: Batch, vision_hidden: torch.Tensor, negatives: Negatives | None
+    def extra_losses(self, batch: Batch, vision: Encoded, text: Encoded, negatives: Negatives | None
                      ) -> dict[str, torch.Tensor]:
         return {}
 
@@ -126,7 +127,7 @@ class Method(nn.Module):
     @torch.no_grad()
     def _refresh_bank(self, step: int) -> None:
         text = self.train_split.text
-        self.bank = torch.cat([self.model.encode(text[i:i + 1024].float(), "text")[0]
+        self.bank = torch.cat([self.model.encode(text[i:i + 1024].float(), "text").embedding
                                for i in range(0, text.shape[0], 1024)])
         self.bank_step = step
 
@@ -155,18 +156,20 @@ class Method(nn.Module):
                 + w_t2i * self.direction_loss(scale * (txt @ all_img.T), labels).mean())
 
     def forward(self, batch: Batch, step: int, progress: float) -> dict[str, torch.Tensor]:
-        img, vision_hidden = self.model.encode(batch.vision, "vision")
-        txt, _ = self.model.encode(batch.text, "text")
+        vision = self.model.encode(batch.vision, "vision")
+        text = self.model.encode(batch.text, "text")
+        img, txt = vision.embedding, text.embedding
         negatives, out = self.select_negatives(batch, img, txt, step, progress)
         neg = None
         if negatives is not None and self.cfg.negatives_in_contrast:
             b, m = negatives.captions.shape
-            neg = self.model.encode(self.train_split.text[negatives.captions.flatten()].float(), "text")[0]
-            neg = neg.view(b, m, -1)
+            encoded = self.model.encode(self.train_split.text[negatives.captions.flatten()].float(), "text")
+            neg = encoded.embedding.view(b, m, -1)
             negatives.scores = boundary_scores(img, txt, neg).detach()
+            negatives.shared = encoded.shared.view(b, m, *encoded.shared.shape[1:])
         if negatives is not None and negatives.scores is not None:
             out["boundary_score"] = negatives.scores.mean()
         out["contrastive_loss"] = self.contrastive(img, txt, neg, batch.rows)
-        out.update(self.extra_losses(batch, vision_hidden, negatives))
+        out.update(self.extra_losses(batch, vision, text, negatives))
         out["temperature"] = 1.0 / self.logit_scale.detach()
         return out

@@ -74,7 +74,7 @@ class Trainer:
             vision_dim=train.vision.shape[-1], text_dim=train.text.shape[-1],
             vision_tokens=train.vision.shape[1], text_tokens=train.text.shape[1],
             width=cfg.model.width, layers=cfg.model.layers, heads=cfg.model.heads,
-            mlp_ratio=cfg.model.mlp_ratio, dropout=cfg.model.dropout,
+            mlp_ratio=cfg.model.mlp_ratio, dropout=cfg.model.dropout, cross_layers=cfg.model.cross_layers,
             init_temperature=cfg.method.init_temperature,
         )
         method_cls = METHODS.entry(cfg.method.name).load()

@@ -51,7 +51,7 @@ def test_negatives_never_share_the_anchor_item(tiny_config):
         trainer.build()
         batch = trainer._batch(torch.arange(12))
         negatives, _ = trainer.method.select_negatives(batch, *(
-            trainer.method.model.encode(t, m)[0] for t, m in ((batch.vision, "vision"), (batch.text, "text"))),
+            trainer.method.model.encode(t, m).embedding for t, m in ((batch.vision, "vision"), (batch.text, "text"))),
             step=0, progress=0.5)
         neg_items = trainer.train_split.text_item[negatives.captions]
         assert negatives.captions.shape == (12, 3)

@@ -85,7 +85,10 @@ def test_attention_localisation_against_hand_built_maps(monkeypatch):
     class Oracle:
         """Caption c attends with weight 1 to the vision token of its own item's fine value."""
         def encode(self, vision, modality):
-            return None, vision
+            return type("E", (), {"hidden": vision})
+
+        def shared(self, text, modality):
+            return text
 
         def cross(self, text, hidden):
             b = text.shape[0]
