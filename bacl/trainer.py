@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections import defaultdict
 from datetime import datetime, timezone
@@ -157,7 +158,8 @@ class Trainer:
         ckpt_path = self.run_dir / "last.pt"
         main = self.world.is_main
         progress = tqdm(total=self.total_steps, initial=self.step, desc=f"{cfg.method.name} {self.run_id}",
-                        unit="step", dynamic_ncols=True, disable=not main)
+                        unit="step", dynamic_ncols=True, disable=not main,
+                        mininterval=0.1 if sys.stderr.isatty() else 30)  # job logs: a line per 30 s
         metrics: dict[str, float] = {}
         while self.step < self.total_steps:
             epoch, offset = divmod(self.step, self.steps_per_epoch)

@@ -1,3 +1,8 @@
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from bacl.config import load_config
@@ -16,3 +21,40 @@ def tiny_config(tmp_path):
     def make(*overrides: str):
         return load_config([*TINY, f"output_dir={tmp_path / 'runs'}", *overrides])
     return make
+
+
+REPO = Path(__file__).resolve().parents[1]
+START, STOP = REPO / "slurm" / "local" / "start.sh", REPO / "slurm" / "local" / "stop.sh"
+
+
+def _controller_up() -> bool:
+    """`scontrol ping` answers at once; sinfo spends about 9 s retrying a controller that is down."""
+    if shutil.which("scontrol") is None or shutil.which("sinfo") is None:
+        return False
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=15)
+        return ping.returncode == 0 and " is UP" in ping.stdout
+    except subprocess.TimeoutExpired:
+        return False
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A SLURM cluster that answers; stopped afterwards only if this fixture started it."""
+    if _controller_up():
+        yield "existing"
+        return
+    if os.geteuid() != 0:
+        pytest.skip("no SLURM cluster answers and starting the local one needs root")
+    if shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
+        pytest.skip("no SLURM cluster answers and apt-get is unavailable to install one")
+    proc = subprocess.run(["bash", str(START)], capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        subprocess.run(["bash", str(STOP)], capture_output=True, timeout=120)
+        pytest.fail(f"slurm/local/start.sh failed (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}")
+    try:
+        yield "started"
+    finally:
+        subprocess.run(["bash", str(STOP)], capture_output=True, timeout=120)
+
+
