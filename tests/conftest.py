@@ -5,7 +5,11 @@ from pathlib import Path
 
 import pytest
 
+import bacl.sweep as sweep
 from bacl.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+START, STOP = REPO / "slurm" / "local" / "start.sh", REPO / "slurm" / "local" / "stop.sh"
 
 TINY = [
     "dataset.n_train=72", "dataset.n_test=36", "dataset.seed=3",
@@ -23,8 +27,6 @@ def tiny_config(tmp_path):
     return make
 
 
-REPO = Path(__file__).resolve().parents[1]
-START, STOP = REPO / "slurm" / "local" / "start.sh", REPO / "slurm" / "local" / "stop.sh"
 
 
 def _controller_up() -> bool:
@@ -58,3 +60,14 @@ def slurm_cluster():
         subprocess.run(["bash", str(STOP)], capture_output=True, timeout=120)
 
 
+@pytest.fixture
+def conf(tmp_path, monkeypatch):
+    """A private experiments/conf with the real cluster profiles and test ablations."""
+    root = tmp_path / "conf"
+    (root / "ablation").mkdir(parents=True)
+    (root / "cluster").symlink_to(REPO / "experiments/conf/cluster")
+    monkeypatch.setattr(sweep, "CONF_DIR", root)
+
+    def write(name: str, text: str) -> None:
+        (root / "ablation" / f"{name}.yaml").write_text(text)
+    return write

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import submitit
 
-import bacl.sweep as sweep
 from bacl.config import load_config, run_id
 from bacl.launch import TrainJob
 from bacl.trainer import Trainer
@@ -24,12 +23,8 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 1.0) -> None:
         time.sleep(poll)
 
 
-def test_sweep_through_slurm_returns_at_once_and_completes(slurm_cluster, tmp_path, monkeypatch, capsys):
-    root = tmp_path / "conf"
-    (root / "ablation").mkdir(parents=True)
-    (root / "cluster").symlink_to(Path(sweep.CONF_DIR) / "cluster")
-    (root / "ablation" / "tiny.yaml").write_text("grid:\n  - method: [clip, bacl]\nseeds: [0, 1]\n")
-    monkeypatch.setattr(sweep, "CONF_DIR", root)
+def test_sweep_through_slurm_returns_at_once_and_completes(slurm_cluster, conf, tmp_path, capsys):
+    conf("tiny", "grid:\n  - method: [clip, bacl]\nseeds: [0, 1]\n")
     main = load_cli()
     out = tmp_path / "sweep"
     args = ["ablation=tiny", "cluster=slurm", f"output_dir={out}", *TINY, "train.epochs=1"]
@@ -71,12 +66,8 @@ def test_job_past_its_time_limit_is_requeued_and_resumes(slurm_cluster, tmp_path
     assert straight["metrics"] == result["metrics"]  # resumption is exact on CPU
 
 
-def test_job_killed_without_result_is_reported_failed(slurm_cluster, tmp_path, monkeypatch, capsys):
-    root = tmp_path / "conf"
-    (root / "ablation").mkdir(parents=True)
-    (root / "cluster").symlink_to(Path(sweep.CONF_DIR) / "cluster")
-    (root / "ablation" / "long.yaml").write_text("grid:\n  - method: [clip]\nseeds: [0]\n")
-    monkeypatch.setattr(sweep, "CONF_DIR", root)
+def test_job_killed_without_result_is_reported_failed(slurm_cluster, conf, tmp_path, capsys):
+    conf("long", "grid:\n  - method: [clip]\nseeds: [0]\n")
     main = load_cli()
     out = tmp_path / "sweep"
     args = ["ablation=long", "cluster=slurm", f"output_dir={out}", *TINY, "train.epochs=500"]

@@ -15,19 +15,6 @@ from conftest import TINY
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def conf(tmp_path, monkeypatch):
-    """A private experiments/conf with the real cluster profiles and test ablations."""
-    root = tmp_path / "conf"
-    (root / "ablation").mkdir(parents=True)
-    (root / "cluster").symlink_to(ROOT / "experiments/conf/cluster")
-    monkeypatch.setattr(sweep, "CONF_DIR", root)
-
-    def write(name: str, text: str) -> None:
-        (root / "ablation" / f"{name}.yaml").write_text(text)
-    return write
-
-
 def test_every_shipped_ablation_expands():
     sizes = {name: len(sweep.expand(name, [])) for name in sweep.available("ablation")}
     assert sizes["schedule"] == (3 + 3) * 3

@@ -25,22 +25,7 @@ fi
 exec 9>"$STATE_DIR/lock"
 flock -w 600 9 || { log "ERROR: another start.sh or stop.sh holds $STATE_DIR/lock"; exit 1; }
 
-proc_stat() { # "STATE STARTTIME" of PID
-    local s
-    { read -r s </proc/"$1"/stat; } 2>/dev/null || return 1
-    s=${s##*) }
-    local -a f=($s)
-    echo "${f[0]} ${f[19]}"
-}
-proc_exe() { local e; e=$(readlink /proc/"$1"/exe 2>/dev/null) || return 1; echo "${e% (deleted)}"; }
-pid_live() { local s; s=$(proc_stat "$1") || return 1; [[ ${s%% *} != [ZX] ]]; }  # zombies are gone
-# Same PID, same start time, same executable: never signal a PID that was reused.
-is_same() {
-    local s; s=$(proc_stat "$1") || return 1
-    [[ ${s%% *} != [ZX] && ${s#* } == "$2" && $(proc_exe "$1") == "$3" ]]
-}
-record_get() { awk -v n="$1" '$1 == n {print $2, $3, $4}' "$STARTED" | tail -n1; }
-record_del() { awk -v n="$1" '$1 != n' "$STARTED" >"$STARTED.tmp"; mv -f "$STARTED.tmp" "$STARTED"; }
+source "$(dirname "${BASH_SOURCE[0]}")/proc.sh"
 rm_own_pidfile() { # NAME PID: the daemon's own PID file, if it still names PID (slurm cannot unlink it in /run)
     local f=${OWN_PIDFILE[$1]}
     if [[ -f $f ]] && [[ $(awk 'NR==1 {print $1}' "$f" 2>/dev/null) == "$2" ]] && ! pid_live "$2"; then
