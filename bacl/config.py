@@ -177,8 +177,9 @@ def to_container(cfg: DictConfig) -> dict:
 
 
 def run_id(cfg: DictConfig) -> str:
-    """Stable hash of everything that changes the result (not where it is written)."""
+    """Stable hash of everything that changes the result (not where it is written, nor threads)."""
     data = to_container(cfg)
     data.pop("output_dir", None)
+    data["train"].pop("threads", None)
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -114,6 +114,11 @@ def main(argv: list[str]) -> int:
 
     parallel = 1 if profile.executor == "debug" else local_parallelism(profile)
     finished = run_throttled(executor, job_args, threads, parallel)
+    run_of = {tuple(run.overrides): run.run_id for run in todo}
+    for args_, job in finished:
+        jobs[run_of[tuple(args_)]] = {"job_id": str(job.job_id), "stdout": str(job.paths.stdout),
+                                      "stderr": str(job.paths.stderr)}
+    write_json(jobs_path, jobs)
     failed = 0
     for args_, job in finished:
         try:

@@ -53,6 +53,7 @@ def test_run_id_is_stable_and_ignores_output_dir():
     b = load_config(["output_dir=/y", "method=clip"])
     assert run_id(a) == run_id(b) == run_id(load_config(["method=clip"]))
     assert run_id(a) != run_id(load_config(["method=clip", "seed=1"]))
+    assert run_id(a) == run_id(load_config(["method=clip", "train.threads=2"]))  # not a result-changing key
 
 
 def test_cli_exit_code_and_message(tmp_path):

@@ -132,8 +132,12 @@ def test_failed_runs_are_reported_and_resubmitted(conf, tmp_path, capsys):
     result = json.loads(result_path.read_text())
     result["status"], result["error"] = "failed", "non-finite loss at step 3"
     result_path.write_text(json.dumps(result))
+    with open(json.loads((out / "jobs.json").read_text())[result["run_id"]]["stderr"], "a") as log:
+        log.write("Traceback: the last lines of the job's log\n")
     assert main([*args, "--status"]) == 0
-    assert "FAILED" in (printed := capsys.readouterr().out) and "non-finite loss at step 3" in printed
+    printed = capsys.readouterr().out
+    assert "FAILED" in printed and "non-finite loss at step 3" in printed
+    assert "the last lines of the job's log" in printed
     assert main(args) == 0
     assert "submitting 1" in capsys.readouterr().out
     assert json.loads(result_path.read_text())["status"] == "ok"
