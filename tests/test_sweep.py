@@ -141,3 +141,21 @@ def test_failed_runs_are_reported_and_resubmitted(conf, tmp_path, capsys):
     assert main(args) == 0
     assert "submitting 1" in capsys.readouterr().out
     assert json.loads(result_path.read_text())["status"] == "ok"
+
+
+def test_slurm_submission_is_chunked_to_max_array_size():
+    from bacl.launch import TrainJob, submit_slurm
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def map_array(self, fn, args, threads):
+            assert isinstance(fn, TrainJob) and len(args) == len(threads)
+            self.calls.append(list(args))
+            return [f"{len(self.calls)}_{i}" for i in range(len(args))]
+
+    ex = Recorder()
+    jobs = submit_slurm(ex, [[f"seed={i}"] for i in range(5)], threads=1, max_array_size=2)
+    assert [len(c) for c in ex.calls] == [2, 2, 1] and len(jobs) == 5
+    assert [a for c in ex.calls for a in c] == [[f"seed={i}"] for i in range(5)]  # order kept
