@@ -12,7 +12,8 @@ import pandas as pd
 
 from bacl.results import write_text
 
-SUMMARY_METRICS = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "margin", "ael")
+SUMMARY_METRICS = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "margin",
+                   "ambiguous_acc", "ael")
 
 
 def _flatten(prefix: str, value, out: dict) -> None:

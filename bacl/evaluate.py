@@ -26,6 +26,27 @@ def alignment_margin(scores: torch.Tensor, text_item: torch.Tensor) -> float:
     return float((best_pos - best_neg).mean())
 
 
+def ambiguous_accuracy(scores: torch.Tensor, split: FeatureSplit) -> dict[str, float]:
+    """How often an item scores its own caption above a caption of an ambiguous sibling.
+
+    Over every (anchor, sibling) pair differing in one attribute and every (own caption,
+    sibling caption) pair; ties count half. 0.5 is chance: a model blind to the differing
+    attribute.
+    """
+    anchor, negative, _ = ambiguous_pairs(split)
+    if anchor.numel() == 0:
+        return {}
+    captions = split.captions_padded()  # [N, C], -1 where an item has fewer captions
+    own, sib = captions[anchor], captions[negative]  # [P, C]
+    rows = scores[anchor]
+    pos = torch.gather(rows, 1, own.clamp_min(0))
+    neg = torch.gather(rows, 1, sib.clamp_min(0))
+    diff = pos[:, :, None] - neg[:, None, :]  # [P, C, C]
+    valid = (own >= 0)[:, :, None] & (sib >= 0)[:, None, :]
+    wins = (diff > 0).double() + 0.5 * (diff == 0).double()
+    return {"ambiguous_acc": float(wins[valid].mean())}
+
+
 def attention_localisation(model: AlignmentModel, split: FeatureSplit, max_pairs: int) -> dict[str, float]:
     """Does ΔA = |A⁺ − A⁻| point at the tokens that truly differ? (synthetic data only)
 
@@ -73,6 +94,7 @@ def evaluate(model: AlignmentModel, split: FeatureSplit, ks: Sequence[int], max_
         metrics = retrieval_metrics(scores, split.text_item, ks)
         metrics["margin"] = alignment_margin(scores, split.text_item)
         if split.attributes is not None:
+            metrics.update(ambiguous_accuracy(scores, split))
             metrics.update(attention_localisation(model, split, max_pairs))
         return metrics
     finally:

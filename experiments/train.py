@@ -22,7 +22,8 @@ def main(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     metrics = result.get("metrics") or {}
-    summary = {k: round(v, 4) for k, v in metrics.items() if k.startswith(("i2t_R@", "t2i_R@")) or k == "ael"}
+    summary = {k: round(v, 4) for k, v in metrics.items()
+               if k.startswith(("i2t_R@", "t2i_R@")) or k in ("ambiguous_acc", "ael")}
     print(json.dumps({"run_dir": str(trainer.run_dir), "status": result["status"],
                       "wall_time_s": result.get("wall_time_s"), **summary}))
     if result["status"] != "ok":

@@ -106,3 +106,24 @@ def test_attention_localisation_against_hand_built_maps(monkeypatch):
     assert out["ael"] == out["ael_text"] == out["ael_vision"] == 1.0
     assert out["ael_pairs"] == min(64, ambiguous_pairs(split)[0].numel())
     assert out["ael_chance"] == pytest.approx(1 / (lt * lv))
+
+
+def test_ambiguous_accuracy_against_a_loop():
+    from bacl.data.split import FeatureSplit
+    from bacl.evaluate import ambiguous_accuracy
+
+    # items 0,1 are siblings (differ in attribute 1), item 2 differs from both in two attributes
+    split = FeatureSplit(vision=torch.zeros(3, 2, 1), text=torch.zeros(5, 2, 1),
+                         text_item=torch.tensor([0, 1, 1, 0, 2]),
+                         attributes=torch.tensor([[0, 0], [0, 1], [1, 2]]))
+    scores = torch.tensor([[0.9, 0.5, 0.9, 0.2, 0.0],
+                           [0.1, 0.3, 0.8, 0.7, 0.0],
+                           [0.0, 0.0, 0.0, 0.0, 1.0]])
+    wins = []
+    for a, n in ((0, 1), (1, 0)):
+        for c in (i for i in range(5) if split.text_item[i] == a):
+            for d in (i for i in range(5) if split.text_item[i] == n):
+                diff = scores[a, c] - scores[a, d]
+                wins.append(1.0 if diff > 0 else 0.5 if diff == 0 else 0.0)
+    assert ambiguous_accuracy(scores, split)["ambiguous_acc"] == pytest.approx(sum(wins) / len(wins))
+    assert sorted(split.captions_padded().tolist()) == [[0, 3], [1, 2], [4, -1]]

@@ -46,6 +46,13 @@ class FeatureSplit:
         offset = (u * self._count[items]).long().clamp_max(self._count[items] - 1)
         return self._order[self._start[items] + offset]
 
+    def captions_padded(self) -> torch.Tensor:
+        """[N, C] caption indices of each item (C = most captions of any item), -1 padded."""
+        c = int(self._count.max())
+        slots = self._start[:, None] + torch.arange(c, device=self._count.device)[None, :]
+        present = torch.arange(c, device=self._count.device)[None, :] < self._count[:, None]
+        return torch.where(present, self._order[slots.clamp_max(self.n_texts - 1)], -1)
+
     def to(self, device: torch.device | str) -> "FeatureSplit":
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
         split = object.__new__(FeatureSplit)
