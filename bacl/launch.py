@@ -22,7 +22,7 @@ from bacl.trainer import Trainer
 
 PROFILE_KEYS = {
     "executor", "partition", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min", "nodes",
-    "array_parallelism", "max_array_size", "signal_delay_s", "parallel", "additional_parameters",
+    "array_parallelism", "max_array_size", "signal_delay_s", "parallel", "additional_parameters", "max_requeues",
 }
 EXECUTORS = ("local", "slurm", "debug")
 
@@ -48,7 +48,7 @@ def validate_profile(profile: DictConfig, path: str) -> None:
         value = profile.get(key, 1)
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{path}: {key}={value!r} is out of range: expected a positive integer")
-    for key in ("gpus_per_node", "parallel", "signal_delay_s"):
+    for key in ("gpus_per_node", "parallel", "signal_delay_s", "max_requeues"):
         value = profile.get(key, 0)
         if not isinstance(value, int) or value < 0:
             raise ConfigError(f"{path}: {key}={value!r} is out of range: expected an integer >= 0")
@@ -57,7 +57,8 @@ def validate_profile(profile: DictConfig, path: str) -> None:
 
 
 def make_executor(profile: DictConfig, folder: Path, name: str) -> submitit.Executor:
-    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=profile.executor)
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=profile.executor,
+                                     slurm_max_num_timeout=profile.get("max_requeues", 3))
     params = dict(name=name, timeout_min=profile.timeout_min, cpus_per_task=profile.cpus_per_task,
                   mem_gb=profile.get("mem_gb", 4), nodes=profile.get("nodes", 1),
                   gpus_per_node=profile.get("gpus_per_node", 0),

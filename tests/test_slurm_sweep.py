@@ -51,9 +51,8 @@ def test_job_past_its_time_limit_is_requeued_and_resumes(slurm_cluster, tmp_path
     # each 1-minute allocation: the job cannot finish in one go. Each signal makes submitit
     # requeue the Checkpointable job, and the new process continues from last.pt.
     overrides = [*TINY, "method=clip", "train.epochs=700", "train.checkpoint_every=6", f"output_dir={tmp_path}/runs"]
-    executor = submitit.AutoExecutor(folder=tmp_path / "logs" / "%j", cluster="slurm")
-    executor.update_parameters(timeout_min=1, slurm_signal_delay_s=30, slurm_max_num_timeout=30,
-                               cpus_per_task=1, mem_gb=1)
+    executor = submitit.AutoExecutor(folder=tmp_path / "logs" / "%j", cluster="slurm", slurm_max_num_timeout=30)
+    executor.update_parameters(timeout_min=1, slurm_signal_delay_s=30, cpus_per_task=1, mem_gb=1)
     t0 = time.time()
     job = executor.submit(TrainJob(), overrides, 1)
     wait_for(job.done, 900, "the requeued job", poll=2)
