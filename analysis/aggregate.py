@@ -42,9 +42,18 @@ def load_runs(root: Path) -> pd.DataFrame:
 
 
 def varying_axes(runs: pd.DataFrame) -> list[str]:
-    """Config columns that differ between runs, seed excluded: what a table groups by."""
+    """Config columns that differ between runs, seed excluded: what a table groups by.
+
+    A column fixed by the method name (a preset such as `method.negatives`) is not an axis
+    of its own, so it is dropped when the method name already separates its values.
+    """
     cols = [c for c in runs.columns if c.startswith("cfg.") and c not in ("cfg.seed", "cfg.output_dir")]
-    return [c for c in cols if runs[c].astype(str).nunique() > 1]
+    varying = [c for c in cols if runs[c].astype(str).nunique() > 1]
+    if "cfg.method.name" not in varying:
+        return varying
+    as_text = runs[varying].astype(str)
+    by_method = as_text.groupby(as_text["cfg.method.name"])
+    return [c for c in varying if c == "cfg.method.name" or (by_method[c].nunique() > 1).any()]
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:

@@ -48,3 +48,15 @@ def test_report_cli(tmp_path):
     empty = subprocess.run([sys.executable, str(ROOT / "analysis/report.py"), str(tmp_path / "nope")],
                            capture_output=True, text=True)
     assert empty.returncode == 2
+
+
+def test_method_presets_are_not_separate_axes(tmp_path):
+    for run, (method, negatives, k, seed) in enumerate([("clip", "in_batch", 5, 0), ("clip", "in_batch", 5, 1),
+                                                         ("bacl", "bns", 5, 0), ("bacl", "bns", 10, 0)]):
+        (tmp_path / str(run)).mkdir()
+        (tmp_path / str(run) / "result.json").write_text(json.dumps({
+            "run_id": str(run), "status": "ok", "metrics": {"i2t_R@1": float(run)},
+            "config": {"seed": seed, "method": {"name": method, "negatives": negatives}, "pool": {"k": k}}}))
+    summary = summarise(load_runs(tmp_path))
+    assert [c for c in summary.columns if c.startswith("cfg.")] == ["cfg.method.name", "cfg.pool.k"]
+    assert len(summary) == 3
