@@ -60,3 +60,18 @@ def test_method_presets_are_not_separate_axes(tmp_path):
     summary = summarise(load_runs(tmp_path))
     assert [c for c in summary.columns if c.startswith("cfg.")] == ["cfg.method.name", "cfg.pool.k"]
     assert len(summary) == 3
+
+
+def test_report_draws_every_figure_from_real_runs(tiny_config, tmp_path):
+    from analysis.report import draw
+    from bacl.trainer import Trainer
+
+    out = tmp_path / "runs"
+    for method, k in (("clip", 4), ("bacl", 4), ("bacl", 6)):
+        for seed in (0, 1):
+            Trainer(tiny_config(f"method={method}", f"pool.k={k}", f"seed={seed}", f"output_dir={out}")).run()
+    written = draw(out)
+    names = {p.stem for p in written}
+    assert {"schedule_alpha", "boundary_score", "margin", "i2t_r1_by_method", "ael_by_method",
+            "ambiguous_acc_by_method", "r1_vs_pool.k"} <= names
+    assert all(p.stat().st_size > 1000 for p in written)
