@@ -16,6 +16,7 @@ from pathlib import Path
 import submitit
 
 from analysis.aggregate import write_tables
+from analysis.report import draw
 from bacl.launch import (local_parallelism, make_executor, run_throttled, submit_slurm, validate_profile)
 from bacl.registry import ConfigError
 from bacl.results import read_json, write_json
@@ -131,7 +132,8 @@ def main(argv: list[str]) -> int:
     summary = write_tables(sweep_dir)
     if not summary.empty:
         print(summary.to_markdown(index=False, floatfmt=".2f"))
-    print(f"tables: {sweep_dir}/summary.md, {sweep_dir}/runs.parquet")
+        draw(sweep_dir)
+    print(f"tables: {sweep_dir}/summary.md, {sweep_dir}/runs.parquet; figures: {sweep_dir}/figures/")
     return 1 if failed else 0
 
 

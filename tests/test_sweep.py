@@ -110,6 +110,7 @@ def test_local_sweep_runs_skips_and_aggregates(conf, tmp_path, capsys):
     assert len(results) == 4 and all(r["status"] == "ok" for r in results)
     summary = (out / "summary.csv").read_text().splitlines()
     assert len(summary) == 1 + 2 and (out / "runs.parquet").exists()
+    assert (out / "figures" / "boundary_score.png").exists()
 
     assert main(args) == 0
     assert "submitting 0" in capsys.readouterr().out  # nothing redone
