@@ -49,7 +49,6 @@ are exact in the input dtype (integer scores are converted to float64).
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch

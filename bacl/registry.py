@@ -34,20 +34,12 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._entries)
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._entries
-
     def entry(self, name: str) -> Entry:
         if name not in self._entries:
             raise ConfigError(
                 f"unknown {self.kind} {name!r}: valid choices are {', '.join(self.names())}"
             )
         return self._entries[name]
-
-    def register(self, name: str, target: str, **preset: Any) -> None:
-        if name in self._entries:
-            raise ConfigError(f"{self.kind} {name!r} is already registered")
-        self._entries[name] = Entry(target, preset)
 
 
 # One line per method. Presets are dotted keys inside the method's own config.

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import submitit
 
-from bacl.config import load_config, run_id
+from bacl.config import load_config
 from bacl.launch import TrainJob
 from bacl.trainer import Trainer
 from conftest import TINY
