@@ -47,15 +47,17 @@ def test_sweep_through_slurm_returns_at_once_and_completes(slurm_cluster, conf, 
 
 
 def test_job_past_its_time_limit_is_requeued_and_resumes(slurm_cluster, tmp_path):
-    # 4,200 steps take >= 55 s even on a fast idle core, and SLURM signals at most 30 s into
-    # each 1-minute allocation: the job cannot finish in one go. Each signal makes submitit
-    # requeue the Checkpointable job, and the new process continues from last.pt.
-    overrides = [*TINY, "method=clip", "train.epochs=700", "train.checkpoint_every=6", f"output_dir={tmp_path}/runs"]
+    # SLURM may send the pre-timeout signal up to 60 s before `limit - delay`: with a 2-minute
+    # limit and a 30 s delay it comes 30 to 90 s into each allocation, after start-up (a
+    # signal during `import torch` kills the job before submitit's handler exists). 9,000
+    # steps take > 90 s even on an idle core, so the job cannot finish in one go; each signal
+    # makes submitit requeue the Checkpointable job, which continues from last.pt.
+    overrides = [*TINY, "method=clip", "train.epochs=1500", "train.checkpoint_every=6", f"output_dir={tmp_path}/runs"]
     executor = submitit.AutoExecutor(folder=tmp_path / "logs" / "%j", cluster="slurm", slurm_max_num_timeout=30)
-    executor.update_parameters(timeout_min=1, slurm_signal_delay_s=30, cpus_per_task=1, mem_gb=1)
+    executor.update_parameters(timeout_min=2, slurm_signal_delay_s=30, cpus_per_task=1, mem_gb=1)
     t0 = time.time()
     job = executor.submit(TrainJob(), overrides, 1)
-    wait_for(job.done, 900, "the requeued job", poll=2)
+    wait_for(job.done, 1200, "the requeued job", poll=2)
     outcome = job.result()
     elapsed = time.time() - t0
     result = json.loads((Path(tmp_path / "runs") / outcome["run_id"] / "result.json").read_text())
