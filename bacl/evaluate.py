@@ -61,8 +61,7 @@ def attention_localisation(model: AlignmentModel, split: FeatureSplit, max_pairs
         return {}
     keep = torch.linspace(0, anchor.numel() - 1, min(max_pairs, anchor.numel())).long()
     anchor, negative, attribute = anchor[keep], negative[keep], attribute[keep]
-    first_caption = torch.full((split.n_items,), split.n_texts, dtype=torch.long)
-    first_caption.scatter_reduce_(0, split.text_item.cpu(), torch.arange(split.n_texts), reduce="amin")
+    first_caption = split.captions_padded()[:, 0]
     rows = []
     for i in range(0, anchor.numel(), CHUNK):
         a, n = anchor[i:i + CHUNK], negative[i:i + CHUNK]

@@ -78,7 +78,7 @@ def load_ablation(name: str) -> dict:
     return spec
 
 
-def expand(name: str, args: list[str], output_root: str | None = None) -> list[Run]:
+def expand(name: str, args: list[str]) -> list[Run]:
     """All runs of sweep `name` with command-line `args`, each validated (ConfigError if not)."""
     spec = load_ablation(name)
     cli_axes, cli_fixed = {}, []
@@ -88,7 +88,7 @@ def expand(name: str, args: list[str], output_root: str | None = None) -> list[R
         else:
             cli_fixed.append(f"{key}={_format(value)}")
     if not any(a.startswith("output_dir=") for a in cli_fixed):
-        cli_fixed.append(f"output_dir={output_root or 'results'}/{name}")
+        cli_fixed.append(f"output_dir=results/{name}")
     base = [str(x) for x in spec["base"]]
     runs: dict[str, Run] = {}
     for entry in spec["grid"]:

@@ -63,7 +63,6 @@ class Trainer:
         self.device = torch.device(cfg.train.device)
         self.world = init_from_env(cfg.train.device)
         dataset = DATASETS.entry(cfg.dataset.name).load()(cfg.dataset)
-        self.dataset = dataset
         train = dataset.train
         pool = candidate_pool(train.pooled(cfg.pool.modality), cfg.pool.k)
         self.train_split, self.test_split = train.to(self.device), dataset.test.to(self.device)
@@ -81,8 +80,8 @@ class Trainer:
         method_cls = METHODS.entry(cfg.method.name).load()
         self.method: Method = method_cls(cfg.method, model, self.train_split, pool.to(self.device),
                                          self.steps_per_epoch, cfg.seed, self.world).to(self.device)
-        params = [p for p in self.method.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.params = [p for p in self.method.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(self.total_steps, cfg.train.warmup_fraction))
         self.step = 0
@@ -138,13 +137,13 @@ class Trainer:
             raise NonFiniteLoss(f"non-finite loss at step {self.step}: {terms}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.world.average_gradients([p for p in self.method.parameters() if p.requires_grad])
+        self.world.average_gradients(self.params)
         return loss, out
 
     def train_step(self, batch: Batch) -> dict[str, float]:
         loss, out = self.backward(batch)
         if self.cfg.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.train.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1

@@ -31,9 +31,7 @@ def _log_tail(path: str | None, lines: int = 8) -> str:
     return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
 
 
-def _slurm_state(record: dict | None, folder: Path) -> str | None:
-    if not record:
-        return None
+def _slurm_state(record: dict, folder: Path) -> str | None:
     try:
         return submitit.SlurmJob(folder=folder / "%j", job_id=record["job_id"]).state
     except Exception:  # no scheduler reachable: treat as unknown
