@@ -12,9 +12,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
+from bacl.data.pool import IndexConfig, validate_index
 from bacl.registry import DATASETS, METHODS, ConfigError
 
 GROUPS = ("method", "dataset")
@@ -36,6 +38,7 @@ class ModelConfig:
 class PoolConfig:
     k: int = 20  # candidates per anchor
     modality: str = "vision"  # frozen space in which neighbours are searched: vision | text
+    index: IndexConfig = field(default_factory=IndexConfig)  # FAISS index: exact by default
 
 
 @dataclass
@@ -69,6 +72,16 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+def _parse_value(raw: str) -> Any:
+    """A YAML scalar or list; text YAML cannot parse (a brace pattern like {000..009}.tar) stays text."""
+    if raw == "":
+        return raw
+    try:
+        return OmegaConf.create(f"v: {raw}").v
+    except yaml.YAMLError:
+        return raw
+
+
 def parse_overrides(args: Iterable[str]) -> list[tuple[str, Any]]:
     """`key=value` strings -> (key, YAML-parsed value), in order."""
     parsed = []
@@ -76,7 +89,7 @@ def parse_overrides(args: Iterable[str]) -> list[tuple[str, Any]]:
         key, sep, raw = arg.partition("=")
         if not sep or not key:
             raise ConfigError(f"expected key=value, got {arg!r}")
-        parsed.append((key.strip(), OmegaConf.create({"v": raw} if raw == "" else f"v: {raw}").v))
+        parsed.append((key.strip(), _parse_value(raw)))
     return parsed
 
 
@@ -118,6 +131,7 @@ def require(ok: bool, key: str, value: Any, expected: str) -> None:
 def _validate_common(cfg: DictConfig) -> None:
     require(cfg.pool.k > 0, "pool.k", cfg.pool.k, "a positive integer")
     require(cfg.pool.modality in ("vision", "text"), "pool.modality", cfg.pool.modality, "vision or text")
+    validate_index(cfg.pool.index)
     t = cfg.train
     require(t.epochs > 0, "train.epochs", t.epochs, "> 0")
     require(t.batch_size > 1, "train.batch_size", t.batch_size, "> 1 (in-batch negatives need two items)")

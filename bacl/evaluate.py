@@ -1,7 +1,7 @@
 """Held-out evaluation: dual-encoder retrieval, alignment margin, attention-error localisation."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -84,14 +84,18 @@ def attention_localisation(model: AlignmentModel, split: FeatureSplit, max_pairs
 
 
 @torch.no_grad()
-def evaluate(model: AlignmentModel, split: FeatureSplit, ks: Sequence[int], max_pairs: int = 512
+def evaluate(model: AlignmentModel, split: FeatureSplit, ks: Sequence[int],
+             extra: Callable[[torch.Tensor], dict[str, float]] | None = None, max_pairs: int = 512
              ) -> dict[str, float]:
+    """Held-out metrics; `extra` adds a dataset's own metrics from the [items, captions] score matrix."""
     was_training = model.training
     model.eval()
     try:
         scores = _encode(model, split.vision, "vision") @ _encode(model, split.text, "text").T
         metrics = retrieval_metrics(scores, split.text_item, ks)
         metrics["margin"] = alignment_margin(scores, split.text_item)
+        if extra is not None:
+            metrics.update(extra(scores))
         if split.attributes is not None:
             metrics.update(ambiguous_accuracy(scores, split))
             metrics.update(attention_localisation(model, split, max_pairs))

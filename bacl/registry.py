@@ -61,4 +61,8 @@ METHODS = Registry("method", {
 DATASETS = Registry("dataset", {
     "synthetic": Entry("bacl.data.synthetic:SyntheticDataset",
                        {"model.width": 128, "model.heads": 4, "train.batch_size": 32}),
+    "laion400m": Entry("bacl.data.laion400m:Laion400M"),
+    "webvid10m": Entry("bacl.data.webvid10m:WebVid10M"),
+    "wavtext5k": Entry("bacl.data.wavtext5k:WavText5K"),
+    "vast27m": Entry("bacl.data.vast27m:Vast27M"),
 })

@@ -21,7 +21,6 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from bacl.config import run_id, to_container
-from bacl.data.pool import candidate_pool
 from bacl.distributed import init_from_env
 from bacl.evaluate import evaluate
 from bacl.method import Batch, Method
@@ -62,10 +61,10 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         self.device = torch.device(cfg.train.device)
         self.world = init_from_env(cfg.train.device)
-        dataset = DATASETS.entry(cfg.dataset.name).load()(cfg.dataset)
-        train = dataset.train
-        pool = candidate_pool(train.pooled(cfg.pool.modality), cfg.pool.k)
-        self.train_split, self.test_split = train.to(self.device), dataset.test.to(self.device)
+        self.dataset = DATASETS.entry(cfg.dataset.name).load()(cfg.dataset)
+        train = self.dataset.train
+        pool = self.dataset.candidate_pool(cfg.pool)
+        self.train_split, self.test_split = train.to(self.device), self.dataset.test.to(self.device)
         self.batch_size = min(cfg.train.batch_size, train.n_items)
         self.rows = self.world.rows(self.batch_size)
         self.steps_per_epoch = train.n_items // self.batch_size
@@ -178,7 +177,7 @@ class Trainer:
                       "train": {k: v / self.steps_per_epoch for k, v in self.epoch_sums.items()}}
             last_epoch = self.step == self.total_steps
             if main and (last_epoch or (epoch + 1) % cfg.eval.every_epochs == 0):
-                metrics = evaluate(self.method.model, self.test_split, cfg.eval.ks)
+                metrics = evaluate(self.method.model, self.test_split, cfg.eval.ks, self.dataset.extra_metrics)
                 record["eval"] = metrics
             if main:
                 append_jsonl(metrics_path, record)
@@ -201,8 +200,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg))
         record = {"run_id": self.run_id, "method": self.cfg.method.name, "dataset": self.cfg.dataset.name,
-                  "seed": self.cfg.seed, "config": to_container(self.cfg), "git_commit": git_commit(),
-                  "packages": package_versions(), "started_at": started}
+                  "seed": self.cfg.seed, "config": to_container(self.cfg), "data": self.dataset.data_counts(),
+                  "git_commit": git_commit(), "packages": package_versions(), "started_at": started}
         try:
             ckpt = self.run_dir / "last.pt"
             if ckpt.exists():

@@ -20,6 +20,8 @@ class FeatureSplit:
     attributes: torch.Tensor | None = None  # [N, A]
     vision_token_of_attribute: torch.Tensor | None = None  # [A] content-token index
     text_token_of_attribute: torch.Tensor | None = None  # [A]
+    vision_pooled: torch.Tensor | None = None  # [N, d] the frozen encoder's own item embedding, if known
+    text_pooled: torch.Tensor | None = None  # [M, d] the frozen encoder's own caption embedding, if known
 
     def __post_init__(self) -> None:
         n, m = self.vision.shape[0], self.text.shape[0]
@@ -60,9 +62,9 @@ class FeatureSplit:
         return split
 
     def pooled(self, modality: str) -> torch.Tensor:
-        """Frozen item-level embedding used to build the candidate pool."""
+        """Frozen item-level embedding used to build the candidate pool (the encoder's own if stored)."""
         if modality == "vision":
-            return self.vision.float().mean(dim=1)
-        text = self.text.float().mean(dim=1)
+            return self.vision_pooled if self.vision_pooled is not None else self.vision.float().mean(dim=1)
+        text = self.text_pooled if self.text_pooled is not None else self.text.float().mean(dim=1)
         per_item = torch.zeros(self.n_items, text.shape[1]).index_add_(0, self.text_item, text)
         return per_item / self._count[:, None]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from bacl.config import require
+from bacl.data.base import FeatureDataset
 from bacl.data.split import FeatureSplit
 
 
@@ -47,7 +48,7 @@ def group_size(cfg: SyntheticConfig) -> int:
     return 1 + round(cfg.rho * cfg.rho_reference_k)
 
 
-class SyntheticDataset:
+class SyntheticDataset(FeatureDataset):
     Config = SyntheticConfig
 
     @staticmethod

@@ -1,0 +1,29 @@
+"""What the trainer needs from any dataset: two feature splits, a candidate pool, extra metrics."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from bacl.data.pool import candidate_pool
+from bacl.data.split import FeatureSplit
+
+
+class FeatureDataset:
+    """Base of every registered dataset. Subclasses set `train` and `test` in `__init__`."""
+
+    train: FeatureSplit
+    test: FeatureSplit
+
+    def candidate_pool(self, pool: Any) -> torch.Tensor:
+        """[N_train, k] BNS candidates of each training item (the `pool` section of the run config)."""
+        return candidate_pool(self.train.pooled(pool.modality), pool.k, pool.index)
+
+    def extra_metrics(self, scores: torch.Tensor) -> dict[str, float]:
+        """Dataset-specific evaluation on the test split's [items, captions] score matrix."""
+        return {}
+
+    def data_counts(self) -> dict[str, Any]:
+        """Sample counts (and skipped samples) that land in result.json."""
+        return {"train_items": self.train.n_items, "train_texts": self.train.n_texts,
+                "test_items": self.test.n_items, "test_texts": self.test.n_texts}

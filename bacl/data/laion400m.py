@@ -1,0 +1,77 @@
+"""LAION-400M as img2dataset writes it: webdataset tar shards of <key>.jpg, <key>.txt, <key>.json."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+import braceexpand
+import webdataset as wds
+
+from bacl.config import require
+from bacl.data.media import decode_image
+from bacl.data.real import Entry, Skipped, StoreDataset, StoreDatasetConfig
+from bacl.registry import ConfigError
+
+
+@dataclass
+class Laion400MConfig(StoreDatasetConfig):
+    name: str = "laion400m"
+    shards: Optional[str] = None  # brace notation relative to root, e.g. "{00000..41455}.tar"; null: every *.tar
+    test_shards: Optional[str] = None  # the held-out split; null: the last shard
+
+
+def _expand(pattern: str) -> list[str]:
+    return [s for p in pattern.split() for s in braceexpand.braceexpand(p)]
+
+
+class Laion400M(StoreDataset):
+    Config = Laion400MConfig
+    STREAMS = {"image": "image"}
+
+    @classmethod
+    def _split_shards(cls, cfg: Any) -> tuple[list[str], list[str]]:
+        root = cls.root(cfg)
+        shards = _expand(cfg.shards) if cfg.shards else sorted(p.name for p in root.glob("*.tar"))
+        missing = [s for s in shards if not (root / s).is_file()]
+        if missing:
+            raise ConfigError(f"dataset.shards={cfg.shards!r}: {len(missing)} shard(s) not found under {root}, e.g. {missing[0]}")
+        if not shards:
+            raise ConfigError(f"dataset.root={cfg.root!r}: no *.tar shards found (img2dataset --output_format webdataset writes them)")
+        test = _expand(cfg.test_shards) if cfg.test_shards else shards[-1:]
+        unknown = [s for s in test if not (root / s).is_file()]
+        if unknown:
+            raise ConfigError(f"dataset.test_shards={cfg.test_shards!r}: not found under {root}: {unknown[:3]}")
+        train = [s for s in shards if s not in set(test)]
+        require(bool(train), "dataset.test_shards", cfg.test_shards, "to leave at least one training shard")
+        return train, test
+
+    @classmethod
+    def shards(cls, cfg: Any) -> list[str]:
+        train, test = cls._split_shards(cfg)
+        return train + test
+
+    @classmethod
+    def entries(cls, cfg: Any, shard: str) -> Iterator[Entry | Skipped]:
+        _, test = cls._split_shards(cfg)
+        split = "test" if shard in test else "train"
+        errors: list[Exception] = []
+
+        def keep_going(err: Exception) -> bool:  # a truncated tar: keep what was read, report the rest
+            errors.append(err)
+            return False
+        samples = wds.WebDataset(str(cls.root(cfg) / shard), shardshuffle=False, empty_check=False, handler=keep_going)
+        for sample in samples:
+            key = sample["__key__"]
+            caption = sample.get("txt", b"").decode("utf-8", "replace").strip()
+            if "jpg" not in sample:
+                yield Skipped(key, "missing: no .jpg in the shard")
+            elif not caption:
+                yield Skipped(key, "missing: no caption (.txt)")
+            else:
+                yield Entry(key, split, sample["jpg"], [caption])
+        for err in errors:
+            yield Skipped(f"{shard}", f"tar: {type(err).__name__}: {err}")
+
+    @classmethod
+    def decode(cls, cfg: Any, entry: Entry) -> dict[str, Any]:
+        return {"image": decode_image(entry.source)}

@@ -1,0 +1,64 @@
+"""WavText5K as its process.py leaves it: WavText5K.csv (view_link, download_link, title,
+description, fname, tags) and the audio files, <root>/<audio_dir>/<fname>."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from bacl.config import require
+from bacl.data.media import read_audio
+from bacl.data.real import (Entry, Skipped, StoreDataset, StoreDatasetConfig, clap_encoder, clean_captions,
+                            hash_split, roberta_encoder)
+from bacl.data.webvid10m import read_table, table_shards
+from bacl.encoders import EncoderConfig
+
+
+@dataclass
+class WavText5KConfig(StoreDatasetConfig):
+    name: str = "wavtext5k"
+    csv: str = "WavText5K.csv"
+    audio_dir: str = "audios"  # process.py writes <save_folder>/<rate>/audios: point root at <save_folder>/<rate>
+    caption_columns: list[str] = field(default_factory=lambda: ["description", "title"])  # each non-empty one is a caption
+    test_fraction: float = 0.1  # no official split: held out by a hash of fname
+    shard_size: int = 500
+    audio_encoder: EncoderConfig = field(default_factory=clap_encoder)
+    text_encoder: EncoderConfig = field(default_factory=roberta_encoder)
+
+
+class WavText5K(StoreDataset):
+    Config = WavText5KConfig
+    STREAMS = {"audio": "audio"}
+
+    @classmethod
+    def validate(cls, cfg: Any) -> None:
+        super().validate(cfg)
+        require(0 < cfg.test_fraction < 1, "dataset.test_fraction", cfg.test_fraction, "in (0, 1)")
+        require(cfg.shard_size >= 1, "dataset.shard_size", cfg.shard_size, ">= 1")
+        require(len(cfg.caption_columns) > 0, "dataset.caption_columns", list(cfg.caption_columns), "at least one column")
+
+    @classmethod
+    def _table(cls, cfg: Any):
+        return read_table(cls.root(cfg) / cfg.csv, ("fname", *cfg.caption_columns), "dataset.csv")
+
+    @classmethod
+    def shards(cls, cfg: Any) -> list[str]:
+        return table_shards(len(cls._table(cfg)), cfg.shard_size, "rows")
+
+    @classmethod
+    def entries(cls, cfg: Any, shard: str) -> Iterator[Entry | Skipped]:
+        start = int(shard.split("-")[1])
+        rows = cls._table(cfg).iloc[start:start + cfg.shard_size]
+        audio_dir = cls.root(cfg) / cfg.audio_dir
+        for row in rows.to_dict("records"):
+            path = audio_dir / row["fname"]
+            captions = clean_captions([row[c] for c in cfg.caption_columns])
+            if not path.is_file():
+                yield Skipped(row["fname"], f"missing: {path}")
+            elif not captions:
+                yield Skipped(row["fname"], "missing: no caption")
+            else:
+                yield Entry(row["fname"], hash_split(row["fname"], cfg.test_fraction), path, captions)
+
+    @classmethod
+    def decode(cls, cfg: Any, entry: Entry) -> dict[str, Any]:
+        return {"audio": read_audio(entry.source)}

@@ -1,0 +1,77 @@
+"""WebVid-10M as released: the CSVs (videoid, contentUrl, duration, page_dir, name) and the
+videos as its download script saves them, <video_dir>/<page_dir>/<videoid>.mp4."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import pandas as pd
+
+from bacl.config import require
+from bacl.data.media import video_frames
+from bacl.data.real import Entry, Skipped, StoreDataset, StoreDatasetConfig
+from bacl.registry import ConfigError
+
+COLUMNS = ("videoid", "page_dir", "name")
+
+
+@dataclass
+class WebVid10MConfig(StoreDatasetConfig):
+    name: str = "webvid10m"
+    train_csv: str = "results_10M_train.csv"  # relative to root
+    test_csv: str = "results_10M_val.csv"  # the released validation split: the held-out test set
+    video_dir: str = "videos"
+    frames: int = 8  # frames sampled uniformly per clip; each frame's pooled feature is one token
+    shard_size: int = 1000  # CSV rows per extraction shard
+
+
+def read_table(path, columns: tuple[str, ...], key: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise ConfigError(f"{key}: {path} not found")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ConfigError(f"{key}: {path} lacks column(s) {missing}; it has {list(table.columns)}")
+    return table
+
+
+def table_shards(n_rows: int, shard_size: int, prefix: str) -> list[str]:
+    return [f"{prefix}-{i:06d}" for i in range(0, n_rows, shard_size)]
+
+
+class WebVid10M(StoreDataset):
+    Config = WebVid10MConfig
+    STREAMS = {"frames": "video"}
+
+    @classmethod
+    def validate(cls, cfg: Any) -> None:
+        super().validate(cfg)
+        require(cfg.frames >= 1, "dataset.frames", cfg.frames, ">= 1")
+        require(cfg.shard_size >= 1, "dataset.shard_size", cfg.shard_size, ">= 1")
+
+    @classmethod
+    def _table(cls, cfg: Any, split: str) -> pd.DataFrame:
+        name, key = (cfg.train_csv, "dataset.train_csv") if split == "train" else (cfg.test_csv, "dataset.test_csv")
+        return read_table(cls.root(cfg) / name, COLUMNS, key)
+
+    @classmethod
+    def shards(cls, cfg: Any) -> list[str]:
+        return [s for split in ("train", "test") for s in table_shards(len(cls._table(cfg, split)), cfg.shard_size, split)]
+
+    @classmethod
+    def entries(cls, cfg: Any, shard: str) -> Iterator[Entry | Skipped]:
+        split, start = shard.split("-")
+        rows = cls._table(cfg, split).iloc[int(start):int(start) + cfg.shard_size]
+        video_dir = cls.root(cfg) / cfg.video_dir
+        for row in rows.itertuples(index=False):
+            path = video_dir / row.page_dir / f"{row.videoid}.mp4"
+            if not path.is_file():
+                yield Skipped(row.videoid, f"missing: {path}")
+            elif not row.name.strip():
+                yield Skipped(row.videoid, "missing: empty caption")
+            else:
+                yield Entry(row.videoid, split, path, [row.name.strip()])
+
+    @classmethod
+    def decode(cls, cfg: Any, entry: Entry) -> dict[str, Any]:
+        return {"frames": video_frames(entry.source, cfg.frames)}

@@ -1,0 +1,211 @@
+"""The extract stage: raw dataset -> frozen features in a `FeatureStore` -> candidate pool.
+
+Work is cut by the dataset's shards. A shard is listed (cheap), its samples are decoded
+and preprocessed in DataLoader workers (the expensive, parallel part), encoded in batches
+by the frozen encoders and written atomically; shards already in the store are skipped,
+so an interrupted extraction resumes where it stopped, and a SLURM array task `i` of `n`
+takes shards i, i+n, i+2n, ... Once every shard exists, the train split's candidate pool
+is built with FAISS and stored next to the features.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import submitit
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from bacl.config import load_config
+from bacl.data.media import CorruptSample, resample
+from bacl.data.pool import candidate_pool
+from bacl.data.real import ENCODER_OF_KIND, Entry, Skipped, StoreDataset
+from bacl.data.store import FeatureStore, ShardArrays
+from bacl.encoders import FrozenEncoder, load_encoder
+from bacl.registry import DATASETS, ConfigError
+
+log = logging.getLogger(__name__)
+MODALITY_OF_KIND = {"image": "image", "video": "image", "audio": "audio", "text": "text"}
+
+
+class DataError(RuntimeError):
+    """An unusable sample under dataset.strict=true."""
+
+
+@dataclass
+class Prepared:
+    key: str
+    split: str
+    streams: dict[str, torch.Tensor]  # encoder inputs per stream
+    captions: list[torch.Tensor]
+
+
+class _Samples(Dataset):
+    """Decode + preprocess, run in loader workers; failures come back as `Skipped`."""
+
+    def __init__(self, dataset_cls: type[StoreDataset], cfg: Any, entries: list[Entry], towers: dict[str, Tower]):
+        self.dataset_cls, self.cfg, self.entries = dataset_cls, cfg, entries
+        self.encoders = {name: tower.encoder for name, tower in towers.items()}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i: int) -> Prepared | Skipped:
+        entry = self.entries[i]
+        try:
+            raw = self.dataset_cls.decode(self.cfg, entry)
+        except CorruptSample as err:
+            return Skipped(entry.key, str(err))
+        streams = {}
+        for name, kind in self.dataset_cls.STREAMS.items():
+            enc = self.encoders[name]
+            if kind == "video":
+                streams[name] = torch.stack([enc.preprocess(frame) for frame in raw[name]])
+            elif kind == "audio":
+                wave, rate = raw[name]
+                streams[name] = enc.preprocess(resample(wave, rate, enc.sample_rate))
+            else:
+                streams[name] = enc.preprocess(raw[name])
+        text = self.encoders["captions"]
+        return Prepared(entry.key, entry.split, streams, [text.preprocess(c) for c in entry.captions])
+
+
+@dataclass
+class Tower:
+    encoder: FrozenEncoder
+    batch_size: int  # samples per forward pass (the encoder config's batch_size)
+
+    def __call__(self, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        tokens, pooled = [], []
+        for i in range(0, len(inputs), self.batch_size):
+            t, p = self.encoder.encode(inputs[i:i + self.batch_size])
+            tokens.append(t.cpu().numpy())
+            pooled.append(p.cpu().numpy())
+        return np.concatenate(tokens), np.concatenate(pooled)
+
+
+def load_towers(dataset_cls: type[StoreDataset], cfg: Any, device: str) -> dict[str, Tower]:
+    """One frozen encoder per item stream plus `captions` (open_clip models are shared where configs agree)."""
+    configs = {name: cfg[ENCODER_OF_KIND[kind]] for name, kind in dataset_cls.STREAMS.items()}
+    modalities = {name: MODALITY_OF_KIND[kind] for name, kind in dataset_cls.STREAMS.items()}
+    configs["captions"], modalities["captions"] = cfg.text_encoder, "text"
+    return {name: Tower(load_encoder(c, modalities[name], device), c.batch_size) for name, c in configs.items()}
+
+
+def encode_batch(dataset_cls: type[StoreDataset], batch: list[Prepared], towers: dict[str, Tower]
+                 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray]:
+    streams = {}
+    for name, kind in dataset_cls.STREAMS.items():
+        inputs = torch.stack([p.streams[name] for p in batch])
+        if kind == "video":  # each frame's pooled embedding is one token of the clip
+            b, f = inputs.shape[:2]
+            per_frame = towers[name](inputs.flatten(0, 1))[1].reshape(b, f, -1)
+            streams[name] = (per_frame, per_frame.mean(axis=1))
+        else:
+            streams[name] = towers[name](inputs)
+    text_tokens, text_pooled = towers["captions"](torch.stack([c for p in batch for c in p.captions]))
+    return streams, text_tokens, text_pooled
+
+
+def extract_shard(dataset_cls: type[StoreDataset], cfg: Any, shard: str, towers: dict[str, Tower],
+                  workers: int, batch_size: int) -> ShardArrays:
+    skipped: list[dict[str, str]] = []
+
+    def skip(s: Skipped) -> None:
+        if cfg.strict:
+            raise DataError(f"dataset.strict=true and sample {s.key!r} of shard {shard} is unusable: {s.reason}")
+        log.warning("skipping %s (shard %s): %s", s.key, shard, s.reason)
+        skipped.append({"key": s.key, "reason": s.reason})
+
+    entries = []
+    for e in dataset_cls.entries(cfg, shard):
+        if isinstance(e, Skipped):
+            skip(e)
+        else:
+            entries.append(e)
+    loader = DataLoader(_Samples(dataset_cls, cfg, entries, towers), batch_size=batch_size,
+                        num_workers=workers, collate_fn=list)
+    keys, splits, text_item = [], [], []
+    parts: dict[str, list] = {}
+    for batch in tqdm(loader, desc=f"shard {shard}", unit="batch", leave=False, disable=None):
+        ok = [p for p in batch if isinstance(p, Prepared)]
+        for s in batch:
+            if isinstance(s, Skipped):
+                skip(s)
+        if not ok:
+            continue
+        streams, text_tokens, text_pooled = encode_batch(dataset_cls, ok, towers)
+        for p in ok:
+            text_item += [len(keys)] * len(p.captions)
+            keys.append(p.key)
+            splits.append(p.split)
+        for name, (t, pooled) in streams.items():
+            parts.setdefault(f"{name}.tokens", []).append(t)
+            parts.setdefault(f"{name}.pooled", []).append(pooled)
+        parts.setdefault("text.tokens", []).append(text_tokens)
+        parts.setdefault("text.pooled", []).append(text_pooled)
+    if not keys:
+        raise DataError(f"shard {shard}: no usable sample ({len(skipped)} skipped, e.g. {skipped[:1]})")
+    cat = {k: np.concatenate(v) for k, v in parts.items()}
+    return ShardArrays(keys=keys, splits=splits,
+                       streams={n: (cat[f"{n}.tokens"], cat[f"{n}.pooled"]) for n in dataset_cls.STREAMS},
+                       text_tokens=cat["text.tokens"], text_pooled=cat["text.pooled"],
+                       text_item=np.asarray(text_item, dtype=np.int64), skipped=skipped)
+
+
+def open_store(cfg: DictConfig) -> tuple[type[StoreDataset], FeatureStore, list[str]]:
+    dataset_cls = DATASETS.entry(cfg.dataset.name).load()
+    if not issubclass(dataset_cls, StoreDataset):
+        raise ConfigError(f"dataset={cfg.dataset.name!r} is generated in memory and has nothing to extract")
+    shards = dataset_cls.shards(cfg.dataset)
+    store = FeatureStore(dataset_cls.store_path(cfg.dataset))
+    store.init(dataset_cls.extraction_config(cfg.dataset), list(dataset_cls.STREAMS), shards)
+    return dataset_cls, store, shards
+
+
+def extract_features(cfg: DictConfig, task: int = 0, tasks: int = 1, workers: int = 0, batch_size: int = 32,
+                     on_shard: Callable[[str, int, float], None] | None = None) -> FeatureStore:
+    """Extract the shards of array task `task` of `tasks` that the store does not hold yet."""
+    dataset_cls, store, shards = open_store(cfg)
+    todo = [s for s in shards[task::tasks] if not store.done(s)]
+    if not todo:
+        return store
+    towers = load_towers(dataset_cls, cfg.dataset, cfg.train.device)
+    for shard in tqdm(todo, desc=f"extract {cfg.dataset.name}", unit="shard", disable=None):
+        t0 = time.perf_counter()
+        arrays = extract_shard(dataset_cls, cfg.dataset, shard, towers, workers, batch_size)
+        store.write_shard(shard, arrays)
+        if on_shard is not None:
+            on_shard(shard, len(arrays.keys) + len(arrays.skipped), time.perf_counter() - t0)
+    return store
+
+
+def build_pool(cfg: DictConfig) -> FeatureStore:
+    """The train split's candidate pool (pool.k, pool.modality, pool.index of the run config)."""
+    dataset_cls, store, _ = open_store(cfg)
+    missing = store.missing_shards()
+    if missing:
+        raise DataError(f"{store.path}: {len(missing)} shard(s) still missing (first: {missing[0]}); "
+                        "run the extraction again to finish them before building the pool")
+    train = store.split("train")
+    pool = candidate_pool(train.pooled(cfg.pool.modality), cfg.pool.k, cfg.pool.index)
+    store.save_pool("train", cfg.pool.modality, pool.numpy(), cfg.pool.index)
+    return store
+
+
+class ExtractJob(submitit.helpers.Checkpointable):
+    """One array task; requeued after a timeout it skips the shards it already wrote."""
+
+    def __call__(self, overrides: list[str], task: int, tasks: int, workers: int, batch_size: int) -> str:
+        store = extract_features(load_config(overrides), task, tasks, workers, batch_size)
+        return str(store.path)
+
+
+class PoolJob(submitit.helpers.Checkpointable):
+    def __call__(self, overrides: list[str]) -> str:
+        return str(build_pool(load_config(overrides)).path)

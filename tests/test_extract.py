@@ -1,0 +1,256 @@
+"""Raw data in the four real formats -> feature store -> pool -> training, with tiny random encoders."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from bacl import extract as extract_mod
+from bacl.config import load_config
+from bacl.data import fixtures, media
+from bacl.data.real import hash_split
+from bacl.data.store import FeatureStore
+from bacl.data.vast27m import match_classification
+from bacl.encoders.base import fixed_init
+from bacl.extract import DataError, build_pool, extract_features
+from bacl.registry import DATASETS, ConfigError
+from bacl.trainer import Trainer
+from tests.conftest import REPO
+
+OPEN_CLIP = ["dataset.vision_encoder.model=bacl-tiny-vit", "dataset.vision_encoder.pretrained=null",
+             "dataset.text_encoder.model=bacl-tiny-vit", "dataset.text_encoder.pretrained=null"]
+CLAP = ["dataset.audio_encoder.model=tiny", "dataset.audio_encoder.pretrained=null"]
+ROBERTA = ["dataset.text_encoder.name=roberta", "dataset.text_encoder.model=tiny", "dataset.text_encoder.pretrained=null"]
+TRAIN = ["model.width=32", "model.heads=2", "model.layers=2", "train.batch_size=8", "train.epochs=2",
+         "train.threads=1", "pool.k=3"]
+
+# name -> (fixture writer kwargs, overrides, the key of the corrupt sample, its reason kind)
+CASES = {
+    "laion400m": (dict(n=24, per_shard=8), OPEN_CLIP, "000000001", "image"),
+    "webvid10m": (dict(n=12, n_val=6), [*OPEN_CLIP, "dataset.frames=3"], "1002", "video"),
+    "wavtext5k": (dict(n=16), [*CLAP, *ROBERTA, "dataset.test_fraction=0.3"], "0003.wav", "audio"),
+    "vast27m": (dict(n=20), [*OPEN_CLIP, *CLAP, "dataset.frames=3", "dataset.test_fraction=0.3"], "clip00004", "video"),
+}
+
+
+def overrides(name: str, root, *extra: str) -> list[str]:
+    return [f"dataset={name}", f"dataset.root={root}", *CASES[name][1], *TRAIN, *extra]
+
+
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory):
+    """Each dataset written in its real format and extracted once (shared by the tests below)."""
+    out = {}
+    for name, (kwargs, _, _, _) in CASES.items():
+        root = fixtures.WRITERS[name](tmp_path_factory.mktemp(name), **kwargs)
+        cfg = load_config(overrides(name, root))
+        store = extract_features(cfg)
+        build_pool(cfg)
+        out[name] = (root, cfg, store)
+    return out
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_extract_then_train_end_to_end(extracted, tmp_path, name):
+    root, cfg, store = extracted[name]
+    _, _, bad_key, kind = CASES[name]
+    shards = store.manifest["shards"]
+    assert store.missing_shards() == [] and len(shards) >= 1
+    skipped = [s for shard in shards for s in json.loads((store.path / "shards" / shard / "items.json").read_text())["skipped"]]
+    assert [s["key"] for s in skipped] == [bad_key] and skipped[0]["reason"].startswith(kind)
+    counts = store.counts()
+    assert counts["skipped"] == {kind: 1} and counts["train_items"] > 0 and counts["test_items"] > 1
+
+    trainer = Trainer(load_config(overrides(name, root, f"output_dir={tmp_path}")))
+    result = trainer.run()
+    assert result["status"] == "ok", result.get("error")
+    assert result["data"]["skipped_total"] == 1 and result["data"]["train_items"] == counts["train_items"]
+    assert result["data"]["test_items"] == counts["test_items"]
+    assert 0 <= result["metrics"]["i2t_R@1"] <= 100 and "t2i_nDCG@10" in result["metrics"]
+    if name == "vast27m":
+        assert {"cls_accuracy", "cls_f1", "cls_recall"} <= set(result["metrics"])
+    # the model's input width is the store's: all streams side by side
+    train = trainer.train_split
+    assert train.vision.shape[0] == counts["train_items"] and train.text_item.max() < train.n_items
+
+
+def test_laion_features_equal_open_clip_run_directly(extracted):
+    """Stored pooled features are open_clip's own encode_image / encode_text of the raw sample (fp16 precision)."""
+    root, _, store = extracted["laion400m"]
+    with tarfile.open(root / "00000.tar") as tar:
+        jpg = tar.extractfile("000000000.jpg").read()
+        caption = tar.extractfile("000000000.txt").read().decode()
+    with fixed_init():  # the random weights every process draws for pretrained=null
+        model, _, preprocess = open_clip.create_model_and_transforms("bacl-tiny-vit", pretrained=None)
+    with torch.no_grad():
+        ref_image = model.eval().encode_image(preprocess(Image.open(io.BytesIO(jpg)).convert("RGB"))[None])[0]
+        ref_text = model.encode_text(open_clip.get_tokenizer("bacl-tiny-vit")([caption]))[0]
+    shard = store.path / "shards" / "00000.tar"
+    row = json.loads((shard / "items.json").read_text())["keys"].index("000000000")
+    np.testing.assert_allclose(np.load(shard / "image.pooled.npy")[row], ref_image.numpy(), rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(np.load(shard / "image.tokens.npy")[row, 0], ref_image.numpy(), rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(np.load(shard / "text.pooled.npy")[row], ref_text.numpy(), rtol=2e-3, atol=2e-3)
+
+
+def test_interrupted_extraction_resumes_without_redoing_shards(tmp_path, monkeypatch):
+    root = fixtures.laion400m(tmp_path / "laion", n=24, per_shard=8)
+    cfg = load_config(overrides("laion400m", root))
+    real, calls = extract_mod.extract_shard, []
+
+    def dies_on_second(*args, **kwargs):
+        calls.append(args[2])
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(extract_mod, "extract_shard", dies_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(cfg)
+    store = FeatureStore(DATASETS.entry("laion400m").load().store_path(cfg.dataset))
+    assert store.missing_shards() == ["00001.tar", "00002.tar"]
+    first = (store.path / "shards" / "00000.tar" / "image.tokens.npy").stat().st_mtime_ns
+
+    calls.clear()
+    monkeypatch.setattr(extract_mod, "extract_shard", lambda *a, **k: (calls.append(a[2]), real(*a, **k))[1])
+    extract_features(cfg)
+    assert calls == ["00001.tar", "00002.tar"]
+    assert (store.path / "shards" / "00000.tar" / "image.tokens.npy").stat().st_mtime_ns == first
+
+    other = load_config(overrides("laion400m", root, f"dataset.store={tmp_path / 'fresh'}"))
+    fresh = extract_features(other)
+    for split in ("train", "test"):
+        a, b = store.split(split), fresh.split(split)
+        assert torch.equal(a.vision, b.vision) and torch.equal(a.text, b.text) and torch.equal(a.text_item, b.text_item)
+
+
+def test_strict_mode_stops_on_the_corrupt_sample(tmp_path):
+    root = fixtures.laion400m(tmp_path / "laion", n=16, per_shard=8)
+    cfg = load_config(overrides("laion400m", root, "dataset.strict=true"))
+    with pytest.raises(DataError, match="dataset.strict=true.*000000001"):
+        extract_features(cfg)
+
+
+def test_training_without_a_store_names_the_extract_command(tmp_path):
+    root = fixtures.laion400m(tmp_path / "laion", n=16, per_shard=8)
+    with pytest.raises(ConfigError, match="experiments/extract.py dataset=laion400m"):
+        Trainer(load_config(overrides("laion400m", root, f"output_dir={tmp_path / 'runs'}"))).build()
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["dataset.root=/nonexistent/laion"], "dataset.root='/nonexistent/laion': no such directory"),
+    (["dataset.shards={00000..00009}.tar"], "dataset.shards=.*not found"),
+    (["dataset.vision_encoder.name=nope"], "dataset.vision_encoder.name='nope'"),
+])
+def test_bad_dataset_input_is_named(tmp_path, bad, message):
+    root = fixtures.laion400m(tmp_path / "laion", n=16, per_shard=8)
+    with pytest.raises(ConfigError, match=message):
+        extract_features(load_config(overrides("laion400m", root, *bad)))
+
+
+def test_missing_csv_column_is_named(tmp_path):
+    root = fixtures.webvid10m(tmp_path / "webvid", n=4, n_val=2)
+    (root / "results_10M_train.csv").write_text("videoid,name\n1,a\n")
+    with pytest.raises(ConfigError, match="lacks column.*page_dir"):
+        extract_features(load_config(overrides("webvid10m", root)))
+
+
+def test_store_refuses_features_of_another_config(tmp_path):
+    root = fixtures.laion400m(tmp_path / "laion", n=16, per_shard=8)
+    cfg = load_config(overrides("laion400m", root, f"dataset.store={tmp_path / 'store'}"))
+    extract_features(cfg)
+    other = load_config(overrides("laion400m", root, f"dataset.store={tmp_path / 'store'}",
+                                  "dataset.vision_encoder.patch_grid=2"))
+    with pytest.raises(ValueError, match="another config"):
+        extract_features(other)
+
+
+def test_stored_pool_is_reused_only_when_it_matches(extracted):
+    _, cfg, store = extracted["laion400m"]
+    pool = cfg.pool
+    stored = store.load_pool("train", "vision", 3, pool.index)
+    assert stored is not None and stored.shape[1] == 3
+    assert store.load_pool("train", "vision", 2, pool.index).equal(stored[:, :2])
+    assert store.load_pool("train", "vision", 4, pool.index) is None  # more neighbours than stored
+    ivf = load_config(overrides("laion400m", cfg.dataset.root, "pool.index.kind=ivf")).pool.index
+    assert store.load_pool("train", "vision", 3, ivf) is None
+
+
+def test_streams_of_a_trimodal_item_sit_in_disjoint_channel_blocks(extracted):
+    _, _, store = extracted["vast27m"]
+    split = store.split("train")
+    shard = store.path / "shards" / store.manifest["shards"][0]
+    dims = [np.load(shard / f"{s}.tokens.npy", mmap_mode="r").shape[1:] for s in ("frames", "audio", "subtitle")]
+    assert split.vision.shape[1:] == (sum(l for l, _ in dims), sum(d for _, d in dims))
+    (lf, df), (la, da), _ = dims
+    frames = np.load(shard / "frames.tokens.npy")
+    keep = [s == "train" for s in json.loads((shard / "items.json").read_text())["splits"]]
+    assert torch.equal(split.vision[:, :lf, :df], torch.from_numpy(frames[keep]))
+    assert (split.vision[:, :lf, df:] == 0).all() and (split.vision[:, lf:lf + la, :df] == 0).all()
+
+
+def test_match_classification_by_hand():
+    # 4 clips; caption c of clip c. Neighbours: 0<->1, 2<->3. Matched pairs score 0.9, 0.8, 0.7, 0.2;
+    # mismatched ones 0.1, 0.3, 0.6, 0.5. Fitted on clips 0 and 2: any threshold in (0.6, 0.7) is perfect
+    # there; the midpoint 0.65 on clips 1 and 3 gives TP = 1 (0.8), FN = 1 (0.2), TN = 2.
+    scores = torch.full((4, 4), -1.0)
+    own = torch.arange(4)
+    neighbour = torch.tensor([1, 0, 3, 2])
+    for i, (p, n) in enumerate([(0.9, 0.1), (0.8, 0.3), (0.7, 0.6), (0.2, 0.5)]):
+        scores[i, i], scores[i, neighbour[i]] = p, n
+    out = match_classification(scores, own, neighbour)
+    assert out["cls_threshold"] == pytest.approx(0.65)
+    assert out["cls_accuracy"] == pytest.approx(75.0)
+    assert out["cls_recall"] == pytest.approx(50.0)
+    assert out["cls_f1"] == pytest.approx(100 * 2 * 1.0 * 0.5 / 1.5)
+
+
+def test_video_frames_are_sampled_uniformly(tmp_path):
+    """The fixture's shape moves left to right: sampled frames must show it in increasing positions."""
+    fixtures._write_video(tmp_path / "v.mp4", 0, seconds=2.0)
+    frames = media.video_frames(tmp_path / "v.mp4", 4)
+    xs = [np.nonzero((np.asarray(f.convert("L")) < 150).any(axis=0))[0].mean() for f in frames]
+    assert len(frames) == 4 and all(a < b for a, b in zip(xs, xs[1:]))
+
+
+def test_audio_from_a_video_track_and_resampling(tmp_path):
+    fixtures._write_video(tmp_path / "v.mp4", 0, seconds=1.0, audio=True)
+    wave, rate = media.read_audio(tmp_path / "v.mp4")
+    assert rate == fixtures.RATE and abs(wave.size - rate) < 2048
+    spectrum = np.abs(np.fft.rfft(wave))
+    assert np.fft.rfftfreq(wave.size, 1 / rate)[spectrum.argmax()] == pytest.approx(fixtures.PITCHES["low"], abs=5)
+    down = media.resample(wave, rate, 8000)
+    assert down.size == pytest.approx(wave.size / 2, abs=1)
+
+
+def test_hash_split_is_stable_and_near_the_fraction():
+    keys = [f"clip{i}" for i in range(4000)]
+    test = [k for k in keys if hash_split(k, 0.1) == "test"]
+    assert 0.08 < len(test) / len(keys) < 0.12 and test == [k for k in keys if hash_split(k, 0.1) == "test"]
+
+
+def test_extract_cli_reports_and_exit_codes(tmp_path):
+    root = fixtures.laion400m(tmp_path / "laion", n=16, per_shard=8)
+    args = [sys.executable, str(REPO / "experiments" / "extract.py"), "dataset=laion400m", f"dataset.root={root}", *OPEN_CLIP, "pool.k=3"]
+    ok = subprocess.run(args, capture_output=True, text=True, cwd=REPO)
+    assert ok.returncode == 0, ok.stderr
+    assert "2 shard(s) extracted now (16 samples" in ok.stdout and "'skipped_total': 1" in ok.stdout
+    again = subprocess.run(args, capture_output=True, text=True, cwd=REPO)
+    assert again.returncode == 0 and "0 shard(s) extracted now" in again.stdout
+    bad = subprocess.run([*args, "extract.workers=-1"], capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2 and "extract.workers" in bad.stderr and "Traceback" not in bad.stderr
+    strict = subprocess.run([*args, "dataset.strict=true", f"dataset.store={tmp_path / 's'}"], capture_output=True, text=True, cwd=REPO)
+    assert strict.returncode == 1 and "000000001" in strict.stderr and "Traceback" not in strict.stderr
+
+
+def test_a_truncated_jpeg_is_a_corrupt_sample():
+    jpeg = fixtures._jpeg(Image.new("RGB", (32, 32), (10, 200, 10)))
+    assert media.decode_image(jpeg).size == (32, 32)
+    with pytest.raises(media.CorruptSample, match="^image"):
+        media.decode_image(jpeg[:100])
