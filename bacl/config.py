@@ -64,6 +64,7 @@ class EvalConfig:
 class RunConfig:
     seed: int = 0
     output_dir: str = "results"
+    data_root: str = "data"  # a dataset whose dataset.root is null is read from <data_root>/<dataset name>
     method: Any = None
     dataset: Any = None
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -178,6 +179,8 @@ def load_config(args: Iterable[str] = ()) -> DictConfig:
         if key not in GROUPS:
             _set(cfg, key, value, "command line")
 
+    if "root" in cfg.dataset and cfg.dataset.root is None:
+        cfg.dataset.root = f"{cfg.data_root}/{cfg.dataset.name}"
     _check_finite(cfg)
     _validate_common(cfg)
     method_cls.resolve(cfg.method)
@@ -191,9 +194,12 @@ def to_container(cfg: DictConfig) -> dict:
 
 
 def run_id(cfg: DictConfig) -> str:
-    """Stable hash of everything that changes the result (not where it is written, nor threads)."""
+    """Stable hash of everything that changes the result (not where data is read or results are written, nor threads)."""
     data = to_container(cfg)
-    data.pop("output_dir", None)
+    for key in ("output_dir", "data_root"):
+        data.pop(key, None)
+    for key in ("root", "store"):
+        data["dataset"].pop(key, None)
     data["train"].pop("threads", None)
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -11,14 +11,15 @@ config), so expanding the same sweep twice yields the same runs, and duplicates 
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from bacl.config import load_config, parse_overrides, run_id
-from bacl.registry import ConfigError
+from bacl.config import load_config, parse_overrides, run_id, to_container
+from bacl.registry import DATASETS, ConfigError
 from bacl.results import read_json
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "experiments" / "conf"
@@ -103,6 +104,22 @@ def expand(name: str, args: list[str]) -> list[Run]:
             rid = run_id(cfg)
             runs.setdefault(rid, Run(rid, tuple(overrides), point, cfg))
     return list(runs.values())
+
+
+def unextracted(runs: list[Run]) -> list[str]:
+    """One message per distinct dataset config whose feature store is not complete."""
+    messages, seen = [], set()
+    for run in runs:
+        key = json.dumps(to_container(run.cfg.dataset), sort_keys=True)
+        dataset_cls = DATASETS.entry(run.cfg.dataset.name).load()
+        if key in seen or not hasattr(dataset_cls, "check_extracted"):
+            continue
+        seen.add(key)
+        try:
+            dataset_cls.check_extracted(run.cfg.dataset)
+        except ConfigError as err:
+            messages.append(str(err))
+    return messages
 
 
 def run_state(run: Run) -> tuple[str, str | None]:

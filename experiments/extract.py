@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
-import submitit
 
 from bacl.config import load_config
 from bacl.encoders import EncoderUnavailable

@@ -20,7 +20,7 @@ from analysis.report import draw
 from bacl.launch import (local_parallelism, make_executor, run_throttled, submit_slurm, validate_profile)
 from bacl.registry import ConfigError
 from bacl.results import read_json, write_json
-from bacl.sweep import expand, load_group_file, run_state
+from bacl.sweep import expand, load_group_file, run_state, unextracted
 
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "UNKNOWN"}
 
@@ -87,9 +87,15 @@ def main(argv: list[str]) -> int:
                     print("  " + tail.replace("\n", "\n  "))
         print(f"sweep {groups['ablation']} ({len(runs)} runs in {sweep_dir}): "
               + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        for message in unextracted([r for r in runs if states[r.run_id][0] != "done"]) if args.dry_run else []:
+            print(f"warning: {message}")
         return 0
 
     todo = [run for run in runs if states[run.run_id][0] not in ("done", "running")]
+    missing_features = unextracted(todo)
+    if missing_features:
+        print("error: extract the features before training on them:\n  " + "\n  ".join(missing_features), file=sys.stderr)
+        return 2
     print(f"sweep {groups['ablation']}: {len(runs)} runs, {len(runs) - len(todo)} done or running, "
           f"submitting {len(todo)} to {profile.executor}")
     if not todo:

@@ -23,7 +23,7 @@ from bacl.encoders.base import fixed_init
 from bacl.extract import DataError, build_pool, extract_features
 from bacl.registry import DATASETS, ConfigError
 from bacl.trainer import Trainer
-from tests.conftest import REPO
+from conftest import REPO
 
 OPEN_CLIP = ["dataset.vision_encoder.model=bacl-tiny-vit", "dataset.vision_encoder.pretrained=null",
              "dataset.text_encoder.model=bacl-tiny-vit", "dataset.text_encoder.pretrained=null"]
@@ -254,3 +254,16 @@ def test_a_truncated_jpeg_is_a_corrupt_sample():
     assert media.decode_image(jpeg).size == (32, 32)
     with pytest.raises(media.CorruptSample, match="^image"):
         media.decode_image(jpeg[:100])
+
+
+def test_main_grid_covers_four_datasets_and_refuses_unextracted_data(tmp_path):
+    from bacl.sweep import expand, unextracted
+    runs = expand("main", [f"data_root={tmp_path}"])
+    assert {r.cfg.dataset.name for r in runs} == {"laion400m", "webvid10m", "wavtext5k", "vast27m"}
+    assert len(runs) == 4 * 7 * 3 and all(r.cfg.dataset.root == f"{tmp_path}/{r.cfg.dataset.name}" for r in runs)
+    assert len({r.run_id for r in expand("main", ["data_root=/elsewhere"])} & {r.run_id for r in runs}) == len(runs)
+    messages = unextracted(runs)
+    assert len(messages) == 4 and all("no feature store" in m and "experiments/extract.py" in m for m in messages)
+    sweep = subprocess.run([sys.executable, str(REPO / "experiments" / "sweep.py"), "ablation=main", "cluster=slurm",
+                            f"data_root={tmp_path}", f"output_dir={tmp_path / 'runs'}"], capture_output=True, text=True, cwd=REPO)
+    assert sweep.returncode == 2 and "extract the features" in sweep.stderr and not (tmp_path / "runs").exists()

@@ -1,15 +1,18 @@
-"""End to end on the local SLURM cluster (slurm/local/start.sh): sweeps, requeue, dead jobs."""
+"""End to end on the local SLURM cluster (slurm/local/start.sh): sweeps, requeue, dead jobs, extraction."""
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import submitit
 
 from bacl.config import load_config
 from bacl.launch import TrainJob
 from bacl.trainer import Trainer
-from conftest import TINY
+from conftest import REPO, TINY
 from test_sweep import load_cli
 
 pytestmark = pytest.mark.slurm
@@ -87,3 +90,23 @@ def test_job_killed_without_result_is_reported_failed(slurm_cluster, conf, tmp_p
     wait_for(reported_failed, 120, "the cancelled job to be reported failed")
     main([*args, "--status"])
     assert f"slurm job {job_id} ended CANCELLED" in capsys.readouterr().out
+
+
+def test_extraction_as_a_slurm_array_then_a_pool_job(slurm_cluster, tmp_path):
+    """extract.py cluster=slurm: an array over the shards, then a pool job that waits for it (afterok)."""
+    from bacl.data import fixtures
+    from bacl.data.store import FeatureStore
+    root = fixtures.laion400m(tmp_path / "laion", n=24, per_shard=6)
+    tiny = ["dataset.vision_encoder.model=bacl-tiny-vit", "dataset.vision_encoder.pretrained=null",
+            "dataset.text_encoder.model=bacl-tiny-vit", "dataset.text_encoder.pretrained=null", "pool.k=3"]
+    store = FeatureStore(tmp_path / "store")
+    args = [sys.executable, str(REPO / "experiments" / "extract.py"), "dataset=laion400m", f"dataset.root={root}",
+            f"dataset.store={store.path}", *tiny, "cluster=slurm", "extract.tasks=2"]
+    t0 = time.time()
+    out = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "submitted array" in out.stdout and time.time() - t0 < 60
+    wait_for(lambda: store.pool_path("train", "vision").exists(), 600, "the extraction array and its pool job")
+    assert store.missing_shards() == [] and len(store.manifest["shards"]) == 4
+    assert store.counts()["skipped_total"] == 1
+    assert np.load(store.pool_path("train", "vision")).shape == (store.counts()["train_items"], 3)

@@ -31,7 +31,7 @@ def _attributes(i: int) -> tuple[str, str, str]:
     return colours[i % 4], SHAPES[(i // 4) % 3], list(PITCHES)[(i // 12) % 2]
 
 
-def _picture(i: int, shift: float = 0.0) -> Image.Image:
+def _picture(i: int, shift: float = 0.0, size: int = SIZE) -> Image.Image:
     colour, shape, _ = _attributes(i)
     img = Image.new("RGB", (SIZE, SIZE), (235, 235, 235))
     draw = ImageDraw.Draw(img)
@@ -43,7 +43,12 @@ def _picture(i: int, shift: float = 0.0) -> Image.Image:
         draw.ellipse(box, fill=COLOURS[colour])
     else:
         draw.polygon([(x, 48), (x + 16, 16), (x + 32, 48)], fill=COLOURS[colour])
-    return img
+    if size == SIZE:
+        return img
+    # Web-photo-like size and texture for decoding benchmarks: smooth scaling plus fine noise.
+    noise = np.random.default_rng(i).integers(-12, 13, (size, size, 3))
+    big = np.asarray(img.resize((size, size), Image.BICUBIC), dtype=np.int16) + noise
+    return Image.fromarray(big.clip(0, 255).astype(np.uint8))
 
 
 def _jpeg(img: Image.Image) -> bytes:
@@ -88,18 +93,18 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 3])
 
 
-def laion400m(root: Path, n: int = 48, per_shard: int = 16, corrupt: bool = True) -> Path:
-    """img2dataset webdataset shards: `{00000..}.tar` with <key>.jpg, <key>.txt, <key>.json."""
+def laion400m(root: Path, n: int = 48, per_shard: int = 16, corrupt: bool = True, size: int = SIZE) -> Path:
+    """img2dataset webdataset shards: `{00000..}.tar` with <key>.jpg, <key>.txt, <key>.json (size x size JPEGs)."""
     root.mkdir(parents=True, exist_ok=True)
     for s in range(0, n, per_shard):
         with tarfile.open(root / f"{s // per_shard:05d}.tar", "w") as tar:
             for i in range(s, min(s + per_shard, n)):
                 key = f"{s // per_shard:05d}{i:04d}"
-                jpg = _jpeg(_picture(i))
+                jpg = _jpeg(_picture(i, size=size))
                 if corrupt and i == 1:
                     jpg = jpg[: len(jpg) // 3]
                 meta = {"key": key, "caption": _caption(i), "url": f"https://example.org/{key}.jpg",
-                        "status": "success", "width": SIZE, "height": SIZE}
+                        "status": "success", "width": size, "height": size}
                 for ext, payload in (("jpg", jpg), ("txt", _caption(i).encode()), ("json", json.dumps(meta).encode())):
                     info = tarfile.TarInfo(f"{key}.{ext}")
                     info.size = len(payload)

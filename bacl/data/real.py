@@ -42,11 +42,14 @@ def roberta_encoder() -> EncoderConfig:
 @dataclass
 class StoreDatasetConfig:
     name: str = ""
-    root: Optional[str] = None  # the dataset as its public tools leave it on disk
+    root: Optional[str] = None  # the dataset as its public tools leave it on disk; null: <data_root>/<name>
     store: Optional[str] = None  # feature store directory; null: <root>/bacl_features/<config hash>
     strict: bool = False  # true: a missing or corrupt sample stops the extraction
+    # Every dataset has all three, so that one override (e.g. random weights) fits a sweep over
+    # datasets; the encoders its streams do not use are ignored and leave the store path alone.
     vision_encoder: EncoderConfig = field(default_factory=EncoderConfig)
     text_encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    audio_encoder: EncoderConfig = field(default_factory=clap_encoder)
 
 
 @dataclass
@@ -112,11 +115,11 @@ class StoreDataset(FeatureDataset):
     def extraction_config(cls, cfg: Any) -> dict:
         """The part of the config that determines the features (not where they go, nor strictness)."""
         data = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
-        for key in ("store", "strict"):
+        used = {ENCODER_OF_KIND[kind] for kind in cls.STREAMS.values()} | {"text_encoder"}
+        for key in ("root", "store", "strict", *({"vision_encoder", "text_encoder", "audio_encoder"} - used)):
             data.pop(key, None)
-        for enc in ("vision_encoder", "text_encoder", "audio_encoder"):
-            if enc in data:
-                data[enc].pop("batch_size", None)
+        for enc in used:
+            data[enc].pop("batch_size", None)
         return data
 
     @classmethod
@@ -128,17 +131,24 @@ class StoreDataset(FeatureDataset):
         tag = f"{first_encoder.model}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
         return Path(cfg.root).expanduser() / "bacl_features" / tag.replace("/", "_")
 
+    @classmethod
+    def check_extracted(cls, cfg: Any) -> FeatureStore:
+        """The complete store for this config, or a ConfigError with the command that makes it."""
+        store = FeatureStore(cls.store_path(cfg))
+        try:
+            missing = store.missing_shards()
+            problem = f"{len(missing)} of {len(store.manifest['shards'])} shard(s) not extracted at {store.path}"
+        except StoreMissing:
+            missing, problem = [None], f"no feature store at {store.path}"
+        if missing:
+            raise ConfigError(f"{cfg.name}: {problem}. Run first: python experiments/extract.py dataset={cfg.name} "
+                              f"dataset.root={cfg.root} (plus the same dataset.* overrides)")
+        return store
+
     def __init__(self, cfg: Any):
         self.cfg = cfg
-        self.store = FeatureStore(self.store_path(cfg))
-        try:
-            missing = self.store.missing_shards()
-            if missing:
-                raise StoreMissing(f"{self.store.path}: {len(missing)} shard(s) not extracted yet (first: {missing[0]})")
-            self.train, self.test = self.store.split("train"), self.store.split("test")
-        except StoreMissing as err:
-            raise ConfigError(f"{err}. Extract the features first: python experiments/extract.py "
-                              f"dataset={cfg.name} dataset.root={cfg.root} (with the same dataset.* overrides)") from None
+        self.store = self.check_extracted(cfg)
+        self.train, self.test = self.store.split("train"), self.store.split("test")
 
     def candidate_pool(self, pool: Any) -> torch.Tensor:
         """The pool extract.py stored, if built with this index and k; else built now (not stored:

@@ -8,7 +8,7 @@ docs/paper-gaps.md (the paper reports accuracy, F1 and recall without defining t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
@@ -17,10 +17,9 @@ import torch
 from bacl.config import require
 from bacl.data.media import CorruptSample, read_audio, video_frames
 from bacl.data.pool import candidate_pool
-from bacl.data.real import (Entry, Skipped, StoreDataset, StoreDatasetConfig, clap_encoder, clean_captions,
+from bacl.data.real import (Entry, Skipped, StoreDataset, StoreDatasetConfig, clean_captions,
                             hash_split)
 from bacl.data.webvid10m import table_shards
-from bacl.encoders import EncoderConfig
 from bacl.registry import ConfigError
 
 CAPTION_FIELDS = ("vast_cap", "vision_cap", "audio_cap")
@@ -35,7 +34,6 @@ class Vast27MConfig(StoreDatasetConfig):
     caption_field: str = "vast_cap"  # vast_cap (omni) | vision_cap | audio_cap
     test_fraction: float = 0.05  # held out by a hash of clip_id
     shard_size: int = 1000
-    audio_encoder: EncoderConfig = field(default_factory=clap_encoder)
 
 
 class Vast27M(StoreDataset):

@@ -7,7 +7,7 @@ from typing import Any, Iterator
 
 from bacl.config import require
 from bacl.data.media import read_audio
-from bacl.data.real import (Entry, Skipped, StoreDataset, StoreDatasetConfig, clap_encoder, clean_captions,
+from bacl.data.real import (Entry, Skipped, StoreDataset, StoreDatasetConfig, clean_captions,
                             hash_split, roberta_encoder)
 from bacl.data.webvid10m import read_table, table_shards
 from bacl.encoders import EncoderConfig
@@ -21,7 +21,6 @@ class WavText5KConfig(StoreDatasetConfig):
     caption_columns: list[str] = field(default_factory=lambda: ["description", "title"])  # each non-empty one is a caption
     test_fraction: float = 0.1  # no official split: held out by a hash of fname
     shard_size: int = 500
-    audio_encoder: EncoderConfig = field(default_factory=clap_encoder)
     text_encoder: EncoderConfig = field(default_factory=roberta_encoder)
 
 
