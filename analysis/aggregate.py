@@ -24,6 +24,13 @@ def _flatten(prefix: str, value, out: dict) -> None:
         out[prefix] = json.dumps(value) if isinstance(value, list) else value
 
 
+def config_columns(config: dict) -> dict:
+    """A nested config as the `cfg.`-prefixed flat columns of the runs table."""
+    flat: dict = {}
+    _flatten("", config, flat)
+    return {f"cfg.{k}": v for k, v in flat.items()}
+
+
 def load_runs(root: Path) -> pd.DataFrame:
     rows = []
     for path in sorted(Path(root).rglob("result.json")):
@@ -31,11 +38,9 @@ def load_runs(root: Path) -> pd.DataFrame:
             result = json.loads(path.read_text())
         except json.JSONDecodeError:
             continue
-        row = {"run_id": result.get("run_id"), "status": result.get("status"),
+        row = {"run_id": result.get("run_id"), "path": str(path.parent), "status": result.get("status"),
                "wall_time_s": result.get("wall_time_s"), "error": result.get("error")}
-        config: dict = {}
-        _flatten("", result.get("config", {}), config)
-        row.update({f"cfg.{k}": v for k, v in config.items()})
+        row.update(config_columns(result.get("config", {})))
         row.update(result.get("metrics") or {})
         rows.append(row)
     return pd.DataFrame(rows)
