@@ -10,29 +10,24 @@ the approximate indexes is measured against the brute-force pools of the same qu
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
 import os
-import platform
-import socket
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import torch
 
-from bacl.data.pool import IndexConfig, build_index, search_pool
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bacl.data.pool import IndexConfig, build_index, search_pool  # noqa: E402
+from benchmarks.common import device, timed, write_result  # noqa: E402
 
 D, K = 512, 20
 LATENT, SPREAD, NOISE = 64, 1.2, 0.02  # see embeddings(); SPREAD 1.0 makes ivf and hnsw near exact
 SCORE_BYTES = 2**29  # brute force: [queries, N] float32 scores per block
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclass
@@ -88,21 +83,6 @@ def brute_force(x: torch.Tensor, rows: torch.Tensor, k: int) -> torch.Tensor:
 
 def recall(pool: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(pool.tolist(), exact.tolist())]))
-
-
-def device() -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return {"host": socket.gethostname(), "cpu": model, "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "load_avg_1m": os.getloadavg()[0],
-            "faiss": faiss.__version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version(), "faiss_gpus": faiss.get_num_gpus()}
-
-
-def timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
-    start = time.perf_counter()
-    out = fn(*args)
-    return out, time.perf_counter() - start
 
 
 def power(n: int) -> str:
@@ -161,11 +141,9 @@ def main() -> None:
     start = time.perf_counter()
     results = [r for size in sizes for r in bench(size)]
     info.update(wall_s=time.perf_counter() - start, load_avg_1m_end=os.getloadavg()[0])
-    out = args.out or RESULTS / f"pool_build-{info['host']}-{datetime.date.today().isoformat()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     notes = [size_note(s) for s in sizes]
-    out.write_text(json.dumps({"device": info, "d": D, "k": K, "quick": args.quick, "notes": notes,
-                               "results": results}, indent=2))
+    out = write_result("pool_build", {"device": info, "d": D, "k": K, "quick": args.quick, "notes": notes,
+                                      "results": results}, args.out)
     print(f"{info['cpu']} ({info['cpus']} CPUs), {info['torch_threads']} threads, faiss {info['faiss']}, "
           f"torch {info['torch']}; load average {info['load_avg_1m']:.1f} at start, "
           f"{info['load_avg_1m_end']:.1f} at end; d={D}, k={K}; {info['wall_s']:.0f} s in all")
