@@ -35,7 +35,7 @@ def scaled(values: pd.Series | float, metric: str) -> pd.Series | float:
 
 
 def unit(metric: str) -> str:
-    return "%" if metric in METRICS["fractions"] or "R@" in metric else ""
+    return "%" if metric in METRICS["fractions"] or metric in METRICS["percent"] or "R@" in metric else ""
 
 
 def label(metric: str) -> str:

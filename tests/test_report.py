@@ -63,6 +63,8 @@ def sweep(tmp_path_factory) -> Path:
         write_run(root, f"new{seed}", "brand_new_method", seed, scores(r1), **k20)
     write_run(root, "mydata_clip", "clip", 0, {"i2t_R@1": 5.0}, dataset="brand_new_data")
     write_run(root, "mydata_bacl", "bacl", 0, {"i2t_R@1": 3.0}, dataset="brand_new_data")
+    write_run(root, "vast_clip", "clip", 0, {"cls_accuracy": 70.0, "cls_f1": 60.0, "cls_recall": 50.0},
+              dataset="vast27m")
     jobs = [p.name for p in root.iterdir()] + ["ghost0000000"]
     (root / "jobs.json").write_text(json.dumps({j: {"job_id": "1"} for j in jobs}))
     write_report(root)
@@ -87,6 +89,15 @@ def test_main_table_equals_the_aggregated_numbers(sweep):
     assert r"\toprule" in tex and r"\bottomrule" in tex
 
 
+def test_paper_rows_sit_below_ours_in_the_same_units(sweep):
+    md = (sweep / "report" / "tables" / "main_vast27m.md").read_text()
+    assert "| method | n | cls accuracy | cls f1 | cls recall |" in md
+    assert "| clip | 1 | 70.0 | 60.0 | 50.0 |" in md  # written in %, not rescaled
+    assert "| paper: GRAM (no counterpart) |  | 77.3 |  |  |" in md
+    tex = (sweep / "report" / "tables" / "main_vast27m.tex").read_text()
+    assert "clip & 1 & 70.0 & 60.0 & 50.0 \\\\\n\\midrule\npaper: BLIP (no counterpart) &  & 76.5 &  &  \\\\" in tex
+
+
 def test_new_method_and_dataset_appear_without_code_change(sweep):
     tables = sweep / "report" / "tables"
     assert "| brand_new_method | 2 | 15.0 ± 7.1 |" in (tables / "main_synthetic.md").read_text()
@@ -105,7 +116,7 @@ def test_component_and_axis_tables(sweep):
 
 def test_missing_and_failed_runs_are_reported(sweep):
     report = (sweep / "report" / "report.md").read_text()
-    assert "18 of 21 expected runs ok, 1 failed, 1 unfinished, 1 missing with unknown grid point (ghost0000000)" \
+    assert "19 of 22 expected runs ok, 1 failed, 1 unfinished, 1 missing with unknown grid point (ghost0000000)" \
         in report
     assert "| bacl | synthetic | 20 | 3 | 0 | 1 | 0 | 4 |" in report  # grid point, ok/failed/unfinished/missing
     assert "| clip | synthetic | 20 | 3 | 1 | 0 | 0 | 4 |" in report
