@@ -1,7 +1,9 @@
 """LAION-400M as img2dataset writes it: webdataset tar shards of <key>.jpg, <key>.txt, <key>.json."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import braceexpand
@@ -24,26 +26,31 @@ def _expand(pattern: str) -> list[str]:
     return [s for p in pattern.split() for s in braceexpand.braceexpand(p)]
 
 
+@functools.lru_cache(maxsize=4)
+def split_shards(root: Path, shards_pattern: Optional[str], test_pattern: Optional[str]) -> tuple[list[str], list[str]]:
+    """(train, test) shard names, listed and checked once per process (every shard's listing needs them)."""
+    shards = _expand(shards_pattern) if shards_pattern else sorted(p.name for p in root.glob("*.tar"))
+    missing = [s for s in shards if not (root / s).is_file()]
+    if missing:
+        raise ConfigError(f"dataset.shards={shards_pattern!r}: {len(missing)} shard(s) not found under {root}, e.g. {missing[0]}")
+    if not shards:
+        raise ConfigError(f"dataset.root={str(root)!r}: no *.tar shards found (img2dataset --output_format webdataset writes them)")
+    test = _expand(test_pattern) if test_pattern else shards[-1:]
+    unknown = [s for s in test if not (root / s).is_file()]
+    if unknown:
+        raise ConfigError(f"dataset.test_shards={test_pattern!r}: not found under {root}: {unknown[:3]}")
+    train = [s for s in shards if s not in set(test)]
+    require(bool(train), "dataset.test_shards", test_pattern, "to leave at least one training shard")
+    return train, test
+
+
 class Laion400M(StoreDataset):
     Config = Laion400MConfig
     STREAMS = {"image": "image"}
 
     @classmethod
     def _split_shards(cls, cfg: Any) -> tuple[list[str], list[str]]:
-        root = cls.root(cfg)
-        shards = _expand(cfg.shards) if cfg.shards else sorted(p.name for p in root.glob("*.tar"))
-        missing = [s for s in shards if not (root / s).is_file()]
-        if missing:
-            raise ConfigError(f"dataset.shards={cfg.shards!r}: {len(missing)} shard(s) not found under {root}, e.g. {missing[0]}")
-        if not shards:
-            raise ConfigError(f"dataset.root={cfg.root!r}: no *.tar shards found (img2dataset --output_format webdataset writes them)")
-        test = _expand(cfg.test_shards) if cfg.test_shards else shards[-1:]
-        unknown = [s for s in test if not (root / s).is_file()]
-        if unknown:
-            raise ConfigError(f"dataset.test_shards={cfg.test_shards!r}: not found under {root}: {unknown[:3]}")
-        train = [s for s in shards if s not in set(test)]
-        require(bool(train), "dataset.test_shards", cfg.test_shards, "to leave at least one training shard")
-        return train, test
+        return split_shards(cls.root(cfg), cfg.shards, cfg.test_shards)
 
     @classmethod
     def shards(cls, cfg: Any) -> list[str]:

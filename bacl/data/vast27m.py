@@ -7,8 +7,10 @@ docs/paper-gaps.md (the paper reports accuracy, F1 and recall without defining t
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -50,16 +52,7 @@ class Vast27M(StoreDataset):
 
     @classmethod
     def _records(cls, cfg: Any) -> list[dict]:
-        path = cls.root(cfg) / cfg.annotations
-        if not path.is_file():
-            raise ConfigError(f"dataset.annotations: {path} not found")
-        try:
-            records = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"dataset.annotations: {path} is not valid JSON: {err}") from None
-        if not isinstance(records, list):
-            raise ConfigError(f"dataset.annotations: {path} must hold a list of clip records")
-        return records
+        return read_records(cls.root(cfg) / cfg.annotations)
 
     @classmethod
     def shards(cls, cfg: Any) -> list[str]:
@@ -102,6 +95,20 @@ class Vast27M(StoreDataset):
 
     def extra_metrics(self, scores: torch.Tensor) -> dict[str, float]:
         return match_classification(scores, self.test.captions_padded()[:, 0], self._test_neighbour.to(scores.device))
+
+
+@functools.lru_cache(maxsize=1)
+def read_records(path: Path) -> list[dict]:
+    """The annotation list, parsed once per process (every shard's listing needs it)."""
+    if not path.is_file():
+        raise ConfigError(f"dataset.annotations: {path} not found")
+    try:
+        records = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"dataset.annotations: {path} is not valid JSON: {err}") from None
+    if not isinstance(records, list):
+        raise ConfigError(f"dataset.annotations: {path} must hold a list of clip records")
+    return records
 
 
 def match_classification(scores: torch.Tensor, own_caption: torch.Tensor, neighbour: torch.Tensor) -> dict[str, float]:

@@ -2,7 +2,9 @@
 videos as its download script saves them, <video_dir>/<page_dir>/<videoid>.mp4."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
@@ -25,7 +27,9 @@ class WebVid10MConfig(StoreDatasetConfig):
     shard_size: int = 1000  # CSV rows per extraction shard
 
 
-def read_table(path, columns: tuple[str, ...], key: str) -> pd.DataFrame:
+@functools.lru_cache(maxsize=4)
+def read_table(path: Path, columns: tuple[str, ...], key: str) -> pd.DataFrame:
+    """The table, read once per process (every shard's listing needs it). Callers must not modify it."""
     if not path.is_file():
         raise ConfigError(f"{key}: {path} not found")
     table = pd.read_csv(path, dtype=str, keep_default_na=False)

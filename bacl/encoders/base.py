@@ -47,6 +47,19 @@ def unavailable(weights: str, source: str, fetch: str, local: str, cache_dir: st
     )
 
 
+def from_hub(kind: str, name: str, cache: Optional[str], *loaders: Any) -> list[Any]:
+    """`loader.from_pretrained(name)` for each transformers class, or EncoderUnavailable saying how to fetch them."""
+    try:
+        return [loader.from_pretrained(name, cache_dir=cache) for loader in loaders]
+    except OSError as err:
+        cache_arg = f", cache_dir={cache!r}" if cache else ""
+        names = [loader.__name__ for loader in loaders]
+        fetch = f"from transformers import {', '.join(names)}; " + "; ".join(
+            f"{n}.from_pretrained({name!r}{cache_arg})" for n in names)
+        raise unavailable(f"{kind} weights {name}", f"the Hugging Face Hub repo {name} (https://huggingface.co/{name})",
+                          fetch, "a local directory written by save_pretrained", cache, err) from err
+
+
 @contextmanager
 def fixed_init(seed: int = 0) -> Iterator[None]:
     """Random-init weights must match across processes, or two stores built from one config disagree."""

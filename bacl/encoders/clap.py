@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from bacl.config import require
-from bacl.encoders.base import FrozenEncoder, fixed_init, unavailable
+from bacl.encoders.base import FrozenEncoder, fixed_init, from_hub
 
 # Random-init architectures for pretrained=null: ClapAudioConfig and ClapFeatureExtractor overrides.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -79,16 +79,6 @@ class CLAP:
                 model = ClapAudioModelWithProjection(ClapAudioConfig(**preset["audio"]))
             extractor = ClapFeatureExtractor(truncation="rand_trunc", padding="repeatpad", **preset["features"])
             return CLAPAudio(model.to(device), extractor)
-        name, cache = cfg.pretrained, cfg.cache_dir
-        try:
-            extractor = ClapFeatureExtractor.from_pretrained(name, cache_dir=cache)
-            model = ClapAudioModelWithProjection.from_pretrained(name, cache_dir=cache)
-        except OSError as err:
-            cache_arg = f", cache_dir={cache!r}" if cache else ""
-            raise unavailable(
-                f"clap weights {name}", f"the Hugging Face Hub repo {name} (https://huggingface.co/{name})",
-                f"from transformers import ClapAudioModelWithProjection, ClapFeatureExtractor; "
-                f"ClapFeatureExtractor.from_pretrained({name!r}{cache_arg}); "
-                f"ClapAudioModelWithProjection.from_pretrained({name!r}{cache_arg})",
-                "a local directory written by save_pretrained", cache, err) from err
+        extractor, model = from_hub("clap", cfg.pretrained, cfg.cache_dir,
+                                    ClapFeatureExtractor, ClapAudioModelWithProjection)
         return CLAPAudio(model.to(device), extractor)

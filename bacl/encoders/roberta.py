@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from bacl.config import require
-from bacl.encoders.base import FrozenEncoder, fixed_init, unavailable
+from bacl.encoders.base import FrozenEncoder, fixed_init, from_hub
 
 MAX_TOKENS = 512  # RoBERTa's 514 positions less the two its position ids skip
 
@@ -89,15 +89,5 @@ class RoBERTa:
             with fixed_init():
                 model = RobertaModel(RobertaConfig(**PRESETS[cfg.model]), add_pooling_layer=False)
             return RoBERTaText(model.to(device), ByteTokenizer(), cfg.text_tokens)
-        name, cache = cfg.pretrained, cfg.cache_dir
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(name, cache_dir=cache)
-            model = AutoModel.from_pretrained(name, cache_dir=cache)
-        except OSError as err:
-            cache_arg = f", cache_dir={cache!r}" if cache else ""
-            raise unavailable(
-                f"roberta weights {name}", f"the Hugging Face Hub repo {name} (https://huggingface.co/{name})",
-                f"from transformers import AutoModel, AutoTokenizer; "
-                f"AutoTokenizer.from_pretrained({name!r}{cache_arg}); AutoModel.from_pretrained({name!r}{cache_arg})",
-                "a local directory written by save_pretrained", cache, err) from err
+        tokenizer, model = from_hub("roberta", cfg.pretrained, cfg.cache_dir, AutoTokenizer, AutoModel)
         return RoBERTaText(model.to(device), tokenizer, cfg.text_tokens)
