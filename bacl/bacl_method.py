@@ -107,14 +107,19 @@ class BACL(Method):
         if negatives.shared is not None:  # encoded for the contrastive loss: reuse
             hardest = negatives.shared[rows, pick]
         else:
-            hardest = self.model.shared(self.train_split.text[negatives.captions[rows, pick]].float(), "text")
-        # one cross-modal pass over [positives; hardest negatives] against the same images
-        match, attn = self.model.cross(torch.cat([text.shared, hardest]),
-                                       torch.cat([vision.hidden, vision.hidden]))
-        (match_pos, match_neg), (attn_pos, attn_neg) = match.chunk(2), attn.chunk(2)
+            with torch.set_grad_enabled(self.cfg.negative_grad):
+                hardest = self.model.shared(self.train_split.text[negatives.captions[rows, pick]].float(), "text")
+        # positives and hardest negatives against the same images
+        queries = torch.cat([text.shared, hardest])
+        if cla.itm_weight > 0:
+            match, attn = self.model.cross(queries, torch.cat([vision.hidden, vision.hidden]))
+        else:  # the map is all CLA needs
+            match, attn = None, self.model.cross_map(queries, vision.hidden)
+        attn_pos, attn_neg = attn.chunk(2)
         local, delta = cla_loss(attn_pos[:, 1:], attn_neg[:, 1:], cla.beta, cla.top)  # CLS query excluded
         out = {"local_loss": cla.lambda_local * local.mean(), "delta_a": delta.detach().mean()}
-        if cla.itm_weight > 0:
+        if match is not None:
+            match_pos, match_neg = match.chunk(2)
             target = torch.cat([torch.ones_like(match_pos), torch.zeros_like(match_neg)])
             out["itm_loss"] = cla.itm_weight * F.binary_cross_entropy_with_logits(match, target)
         return out

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from bacl.data.pool import IndexConfig, validate_index
-from bacl.registry import DATASETS, METHODS, ConfigError
+from bacl.registry import DATASETS, METHODS, ConfigError, require  # noqa: F401 (require: re-exported)
 
 GROUPS = ("method", "dataset")
 DEFAULT_METHOD = "bacl"
@@ -52,6 +52,8 @@ class TrainConfig:
     checkpoint_every: int = 50  # steps between atomic last.pt writes
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     device: str = "cpu"
+    amp: bool = True  # bf16 autocast of the training step on CUDA (ignored on CPU)
+    compile: bool = False  # torch.compile the model's encode / cross-map paths (dynamic shapes)
 
 
 @dataclass
@@ -122,11 +124,6 @@ def _check_finite(node: Any, path: str = "") -> None:
             _check_finite(v, f"{path}[{i}]")
     elif isinstance(node, float) and not math.isfinite(node):
         raise ConfigError(f"{path}={node} is not a finite number")
-
-
-def require(ok: bool, key: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is out of range: expected {expected}")
 
 
 def _validate_common(cfg: DictConfig) -> None:

@@ -32,7 +32,8 @@ class MethodConfig:
     negatives_in_contrast: bool = True  # do pool negatives join the InfoNCE denominator?
     init_temperature: float = 0.07
     learn_temperature: bool = True
-    bank_refresh_steps: int = 0  # scoring pool candidates uses a text-embedding bank; 0: once per epoch
+    negative_grad: bool = False  # backpropagate through the pool negatives' text pass (False: one forward each)
+    bank_refresh_steps: int = 0  # bank rows not rewritten by training for this many steps are re-encoded; 0: an epoch
 
 
 @dataclass
@@ -89,7 +90,8 @@ class Method(nn.Module):
         self.model.logit_scale.requires_grad_(cfg.learn_temperature)
         self.refresh_every = cfg.bank_refresh_steps or steps_per_epoch
         self.generator = torch.Generator().manual_seed(seed + 1)
-        self.bank: torch.Tensor | None = None
+        self.bank: torch.Tensor | None = None  # [M, W] text embeddings that score pool candidates
+        self.bank_written: torch.Tensor | None = None  # [M] step at which each row was last written
         self.bank_step = -1
 
     # ---- hooks -------------------------------------------------------------------------
@@ -126,10 +128,23 @@ class Method(nn.Module):
 
     @torch.no_grad()
     def _refresh_bank(self, step: int) -> None:
+        """Re-encode the rows training has not rewritten lately (all of them the first time)."""
         text = self.train_split.text
-        self.bank = torch.cat([self.model.encode(text[i:i + 1024].float(), "text").embedding
-                               for i in range(0, text.shape[0], 1024)])
+        if self.bank is None:
+            self.bank = torch.empty(text.shape[0], self.model.head["text"].out_features, device=text.device)
+            self.bank_written = torch.full((text.shape[0],), -self.refresh_every, device=text.device)
+        stale = torch.nonzero(step - self.bank_written >= self.refresh_every).squeeze(1)
+        for rows in stale.split(1024):
+            self.bank[rows] = self.model.encode(text[rows].float(), "text").embedding.float()
+        self.bank_written[stale] = step
         self.bank_step = step
+
+    @torch.no_grad()
+    def _write_bank(self, captions: torch.Tensor, embeddings: torch.Tensor, step: int) -> None:
+        """Training encodes these captions anyway: keep their fresh embeddings (every rank the same rows)."""
+        captions, embeddings = self.world.gather(captions), self.world.gather(embeddings.detach())
+        self.bank[captions] = embeddings.float()
+        self.bank_written[captions] = step
 
     def candidate_scores(self, img: torch.Tensor, txt: torch.Tensor, candidates: torch.Tensor,
                          step: int) -> torch.Tensor:
@@ -163,12 +178,17 @@ class Method(nn.Module):
         neg = None
         if negatives is not None and self.cfg.negatives_in_contrast:
             b, m = negatives.captions.shape
-            encoded = self.model.encode(self.train_split.text[negatives.captions.flatten()].float(), "text")
+            with torch.set_grad_enabled(self.cfg.negative_grad):
+                encoded = self.model.encode(self.train_split.text[negatives.captions.flatten()].float(), "text")
             neg = encoded.embedding.view(b, m, -1)
             negatives.scores = boundary_scores(img, txt, neg).detach()
             negatives.shared = encoded.shared.view(b, m, *encoded.shared.shape[1:])
         if negatives is not None and negatives.scores is not None:
             out["boundary_score"] = negatives.scores.mean()
+        if self.bank is not None:
+            self._write_bank(batch.captions, txt, step)
+            if neg is not None:
+                self._write_bank(negatives.captions.flatten(), neg.flatten(0, 1), step)
         out["contrastive_loss"] = self.contrastive(img, txt, neg, batch.rows)
         out.update(self.extra_losses(batch, vision, text, negatives))
         out["temperature"] = 1.0 / self.logit_scale.detach()

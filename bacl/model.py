@@ -6,11 +6,14 @@ BLIP-style, one set of blocks serves two modes:
 - cross-modal: text tokens also cross-attend to the vision (or audio) tokens in the last
   `cross_layers` blocks, giving a match score and the last layer's head-averaged
   cross-attention map A(i, j) that CLA needs.
-The blocks before the fused ones are identical in both modes, so a cross-modal pass starts
-from the text's unimodal hidden state at that depth (`Encoded.shared`) instead of redoing
-them: with the default cross_layers = 1 a CLA pair costs one block, not four.
-Self-attention uses scaled_dot_product_attention; only the cross-attention whose map is
-needed is computed explicitly.
+Everything up to the first fused block's cross-attention is identical in both modes (the
+blocks before it and its self-attention), so a cross-modal pass starts from the text's
+unimodal state at that point (`Encoded.shared`) instead of redoing it. CLA needs only the
+last layer's attention map, and the map depends on nothing after the softmax, so
+`cross_map` stops there: with the default cross_layers = 1 a CLA pair costs a query
+projection and a softmax, and the images' key projection is shared by the positive and the
+hardest negative. Self-attention uses scaled_dot_product_attention; only the attention whose
+map is needed is computed explicitly.
 """
 from __future__ import annotations
 
@@ -34,19 +37,31 @@ class Attention(nn.Module):
         b, n, w = x.shape
         return x.view(b, n, self.heads, w // self.heads).transpose(1, 2)
 
+    def _weights(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
+
     def forward(self, x: torch.Tensor, context: torch.Tensor, need_map: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         q = self._split(self.q(x))
         k, v = (self._split(t) for t in self.kv(context).chunk(2, dim=-1))
         drop = self.dropout if self.training else 0.0
         if need_map:
-            attn = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
+            attn = self._weights(q, k)
             y = F.dropout(attn, drop, self.training) @ v
             attn_map = attn.mean(dim=1)
         else:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
             attn_map = None
         return self.out(y.transpose(1, 2).flatten(2)), attn_map
+
+    def attention_map(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Head-averaged map of [n·b, Lq, W] queries over [b, Lk, W] keys: the keys are projected
+        once for all n query sets (the values are never needed)."""
+        b = context.shape[0]
+        width = self.kv.out_features // 2  # kv stacks the key and value projections: keys only
+        k = self._split(F.linear(context, self.kv.weight[:width], self.kv.bias[:width]))
+        q = self._split(self.q(x)).unflatten(0, (-1, b))  # [n, b, heads, Lq, dh]
+        return self._weights(q, k).mean(dim=2).flatten(0, 1)
 
 
 class Block(nn.Module):
@@ -60,22 +75,29 @@ class Block(nn.Module):
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, width))
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, need_map: bool = False
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        """The self-attention sublayer (the part both modes share)."""
         h = self.norm1(x)
-        x = x + self.self_attn(h, h)[0]
+        return x + self.self_attn(h, h)[0]
+
+    def finish(self, x: torch.Tensor, context: torch.Tensor | None = None, need_map: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Cross-attention (cross-modal mode) and the MLP, after `attend`."""
         attn_map = None
         if context is not None:
             y, attn_map = self.cross_attn(self.norm_x(x), context, need_map)
             x = x + y
         return x + self.mlp(self.norm2(x)), attn_map
 
+    def cross_map(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.cross_attn.attention_map(self.norm_x(x), context)
+
 
 @dataclass
 class Encoded:
     embedding: torch.Tensor  # [B, W] L2-normalised, for the contrastive loss and retrieval
     hidden: torch.Tensor  # [B, 1+L, W] final hidden states (the context a cross-modal pass attends to)
-    shared: torch.Tensor  # [B, 1+L, W] state before the first fused block, where a cross-modal pass starts
+    shared: torch.Tensor  # [B, 1+L, W] state where the modes part (before the first cross-attention)
 
 
 class AlignmentModel(nn.Module):
@@ -103,26 +125,40 @@ class AlignmentModel(nn.Module):
         return x + self.pos[modality][:, : x.shape[1]]
 
     def shared(self, tokens: torch.Tensor, modality: str) -> torch.Tensor:
-        """Hidden state after the blocks that both modes share (input of the first fused block)."""
+        """State where the two modes part: the shared blocks, then the first fused block's self-attention."""
         x = self._embed_tokens(tokens, modality)
         for block in self.blocks[: self.first_fused]:
-            x = block(x)[0]
-        return x
+            x = block.finish(block.attend(x))[0]
+        return self.blocks[self.first_fused].attend(x)
 
     def encode(self, tokens: torch.Tensor, modality: str) -> Encoded:
         """Unimodal mode."""
         shared = self.shared(tokens, modality)
-        x = shared
-        for block in self.blocks[self.first_fused:]:
-            x = block(x)[0]
+        x = self.blocks[self.first_fused].finish(shared)[0]
+        for block in self.blocks[self.first_fused + 1:]:
+            x = block.finish(block.attend(x))[0]
         x = self.norm(x)
         return Encoded(F.normalize(self.head[modality](x[:, 0]), dim=-1), x, shared)
+
+    def _fused_until_last(self, text_shared: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Cross-modal mode up to the last block's cross-attention (its input)."""
+        fused = list(self.blocks)[self.first_fused:]
+        x = text_shared
+        for block, following in zip(fused[:-1], fused[1:]):
+            x = following.attend(block.finish(x, context)[0])
+        return x
 
     def cross(self, text_shared: torch.Tensor, vision_hidden: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-modal mode from a text `Encoded.shared` state: (match score [B], attention [B, 1+Lt, Lv])."""
         context = vision_hidden[:, 1:]  # content tokens only: the map is over patches, not CLS
-        x, attn_map = text_shared, None
-        for i, block in enumerate(self.blocks[self.first_fused:], start=self.first_fused):
-            x, attn_map = block(x, context, need_map=i == len(self.blocks) - 1)
+        x, attn_map = self.blocks[-1].finish(self._fused_until_last(text_shared, context), context, need_map=True)
         return self.match_head(self.norm(x)[:, 0]).squeeze(-1), attn_map
+
+    def cross_map(self, text_shared: torch.Tensor, vision_hidden: torch.Tensor) -> torch.Tensor:
+        """Only the last layer's attention map of `cross`, for [n·B] text states over the same [B] items."""
+        context = vision_hidden[:, 1:]
+        if self.first_fused < len(self.blocks) - 1:  # deeper fusion: each query set runs the blocks before
+            context_n = context.repeat(text_shared.shape[0] // context.shape[0], 1, 1)
+            return self.blocks[-1].cross_map(self._fused_until_last(text_shared, context_n), context)
+        return self.blocks[-1].cross_map(text_shared, context)

@@ -16,6 +16,11 @@ class ConfigError(ValueError):
     """Bad user input: raised before any training starts, message names key and value."""
 
 
+def require(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is out of range: expected {expected}")
+
+
 @dataclass(frozen=True)
 class Entry:
     target: str  # "package.module:Attribute"

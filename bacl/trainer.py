@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from bacl.config import run_id, to_container
+from bacl.data.split import FeatureSplit
 from bacl.distributed import init_from_env
 from bacl.evaluate import evaluate
 from bacl.method import Batch, Method
@@ -62,9 +63,12 @@ class Trainer:
         self.device = torch.device(cfg.train.device)
         self.world = init_from_env(cfg.train.device)
         self.dataset = DATASETS.entry(cfg.dataset.name).load()(cfg.dataset)
-        train = self.dataset.train
-        pool = self.dataset.candidate_pool(cfg.pool)
-        self.train_split, self.test_split = train.to(self.device), self.dataset.test.to(self.device)
+        self.setup(self.dataset.train, self.dataset.test, self.dataset.candidate_pool(cfg.pool))
+
+    def setup(self, train: FeatureSplit, test: FeatureSplit, pool: torch.Tensor) -> None:
+        """Model, method and optimizer for given splits and [N, k] pool (benchmarks call this directly)."""
+        cfg = self.cfg
+        self.train_split, self.test_split = train.to(self.device), test.to(self.device)
         self.batch_size = min(cfg.train.batch_size, train.n_items)
         self.rows = self.world.rows(self.batch_size)
         self.steps_per_epoch = train.n_items // self.batch_size
@@ -76,6 +80,10 @@ class Trainer:
             mlp_ratio=cfg.model.mlp_ratio, dropout=cfg.model.dropout, cross_layers=cfg.model.cross_layers,
             init_temperature=cfg.method.init_temperature,
         )
+        if cfg.train.compile:
+            for path in ("shared", "encode", "cross_map"):
+                setattr(model, path, torch.compile(getattr(model, path), dynamic=True))
+        self.autocast = torch.autocast("cuda", torch.bfloat16, enabled=cfg.train.amp and self.device.type == "cuda")
         method_cls = METHODS.entry(cfg.method.name).load()
         self.method: Method = method_cls(cfg.method, model, self.train_split, pool.to(self.device),
                                          self.steps_per_epoch, cfg.seed, self.world).to(self.device)
@@ -95,6 +103,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "method_generator": self.method.generator.get_state(),
             "bank": self.method.bank,
+            "bank_written": self.method.bank_written,
             "bank_step": self.method.bank_step,
             "torch_rng": torch.get_rng_state(),
             "epoch_sums": dict(self.epoch_sums),
@@ -106,7 +115,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.method.generator.set_state(state["method_generator"])
-        self.method.bank, self.method.bank_step = state["bank"], state["bank_step"]
+        self.method.bank, self.method.bank_written = state["bank"], state["bank_written"]
+        self.method.bank_step = state["bank_step"]
         torch.set_rng_state(state["torch_rng"])
         self.epoch_sums = defaultdict(float, state["epoch_sums"])
         metrics_path = self.run_dir / "metrics.jsonl"
@@ -129,7 +139,8 @@ class Trainer:
 
     def backward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of this rank's rows, gradients averaged over ranks; stops on a non-finite loss."""
-        out = self.method(batch, self.step, self.step / self.total_steps)
+        with self.autocast:
+            out = self.method(batch, self.step, self.step / self.total_steps)
         loss = sum(v for k, v in out.items() if k.endswith("_loss"))
         if not torch.isfinite(self.world.mean(loss)):
             terms = {k: float(v.detach()) for k, v in out.items() if k.endswith("_loss")}

@@ -1,11 +1,9 @@
-"""Boundary scores, the FAISS candidate pool, and gradient flow into the BNS policy."""
+"""Boundary scores, negative selection, and gradient flow into the BNS policy (pools: test_pool.py)."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 from bacl.data.pool import candidate_pool
 from bacl.data.synthetic import SyntheticDataset, group_size
-from bacl.registry import ConfigError
 from bacl.sampler import boundary_scores, gumbel_topk_st
 from bacl.trainer import Trainer
 
@@ -16,33 +14,6 @@ def test_boundary_score_signs():
     cands = torch.tensor([[[0.0, 1.0], [0.8, -0.6], [1.0, 0.0]]])  # sims 0, 0.8, 1.0
     bs = boundary_scores(a, p, cands)
     assert bs[0].tolist() == pytest.approx([-0.8, 0.0, 0.2])  # easy < boundary (0) < outranks positive
-
-
-def test_pool_matches_brute_force_and_excludes_self():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(300, 16, generator=g)
-    pool = candidate_pool(x, 10)
-    xn = F.normalize(x, dim=1)
-    sims = xn @ xn.T
-    sims.fill_diagonal_(-float("inf"))
-    ref = sims.topk(10, dim=1)
-    assert not (pool == torch.arange(300)[:, None]).any()
-    got = torch.gather(sims, 1, pool)
-    assert torch.allclose(got, ref.values, atol=1e-5)  # same similarities, best first
-    assert (pool == ref.indices).float().mean() > 0.99  # same neighbours up to exact ties
-
-
-def test_pool_with_duplicates_still_excludes_anchor():
-    x = torch.ones(5, 3)  # all tied: the anchor may not come first
-    pool = candidate_pool(x, 4)
-    for i in range(5):
-        assert sorted(pool[i].tolist()) == sorted(set(range(5)) - {i})
-
-
-@pytest.mark.parametrize("k", [0, 72])
-def test_pool_size_out_of_range(k):
-    with pytest.raises(ConfigError, match="pool.k"):
-        candidate_pool(torch.randn(72, 4), k)
 
 
 def test_negatives_never_share_the_anchor_item(tiny_config):

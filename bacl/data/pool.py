@@ -22,10 +22,10 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from bacl.registry import ConfigError
+from bacl.registry import ConfigError, require
 
 KEY = "pool.index"
-KINDS = ("flat", "ivf", "hnsw")
+KINDS = ("flat", "ivf", "ivfpq", "hnsw")
 GPU_CHOICES = ("auto", "never", "always")
 TRAIN_SEED = 0  # fixed so that the IVF training sample, hence the pool, is reproducible
 
@@ -34,9 +34,10 @@ Fn = TypeVar("Fn", bound=Callable[..., Any])
 
 @dataclass
 class IndexConfig:
-    kind: str = "flat"  # flat (exact) | ivf | hnsw, all inner product on unit vectors = cosine
+    kind: str = "flat"  # flat (exact) | ivf | ivfpq | hnsw, all inner product on unit vectors = cosine
     nlist: int = 0  # ivf lists; 0 -> about 4*sqrt(N)
-    nprobe: int = 16  # ivf lists searched per query
+    nprobe: int = 16  # ivf / ivfpq lists searched per query
+    pq_m: int = 64  # ivfpq: bytes per vector (sub-quantizers of 8 bits); must divide d
     hnsw_m: int = 32  # hnsw graph degree
     ef_search: int = 128
     ef_construction: int = 200
@@ -45,25 +46,20 @@ class IndexConfig:
     gpu: str = "auto"  # auto (faiss-gpu and a GPU present) | never | always (error if unavailable)
 
 
-def _require(ok: bool, key: str, value: Any, expected: str) -> None:
-    # bacl.config.require, restated: bacl.config embeds IndexConfig, so importing it here would be circular.
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is out of range: expected {expected}")
-
-
 def validate_index(cfg: IndexConfig | DictConfig, key: str = KEY) -> None:
     """Static checks only: whether a GPU is usable is known where the pool is built, not where a sweep is submitted."""
-    _require(cfg.kind in KINDS, f"{key}.kind", cfg.kind, " | ".join(KINDS))
-    _require(cfg.gpu in GPU_CHOICES, f"{key}.gpu", cfg.gpu, " | ".join(GPU_CHOICES))
-    _require(not (cfg.kind == "hnsw" and cfg.gpu == "always"), f"{key}.gpu", cfg.gpu,
+    require(cfg.kind in KINDS, f"{key}.kind", cfg.kind, " | ".join(KINDS))
+    require(cfg.gpu in GPU_CHOICES, f"{key}.gpu", cfg.gpu, " | ".join(GPU_CHOICES))
+    require(not (cfg.kind == "hnsw" and cfg.gpu == "always"), f"{key}.gpu", cfg.gpu,
              f"auto or never with {key}.kind='hnsw': faiss has no GPU implementation of HNSW")
-    _require(cfg.nlist >= 0, f"{key}.nlist", cfg.nlist, ">= 0 (0 picks about 4*sqrt(N))")
-    _require(cfg.nprobe > 0, f"{key}.nprobe", cfg.nprobe, "> 0")
-    _require(cfg.hnsw_m >= 2, f"{key}.hnsw_m", cfg.hnsw_m, ">= 2")
-    _require(cfg.ef_search > 0, f"{key}.ef_search", cfg.ef_search, "> 0")
-    _require(cfg.ef_construction > 0, f"{key}.ef_construction", cfg.ef_construction, "> 0")
-    _require(cfg.train_size >= 0, f"{key}.train_size", cfg.train_size, ">= 0 (0 picks min(N, 256*nlist))")
-    _require(cfg.query_batch > 0, f"{key}.query_batch", cfg.query_batch, "> 0")
+    require(cfg.nlist >= 0, f"{key}.nlist", cfg.nlist, ">= 0 (0 picks about 4*sqrt(N))")
+    require(cfg.pq_m > 0, f"{key}.pq_m", cfg.pq_m, "a positive divisor of the embedding width")
+    require(cfg.nprobe > 0, f"{key}.nprobe", cfg.nprobe, "> 0")
+    require(cfg.hnsw_m >= 2, f"{key}.hnsw_m", cfg.hnsw_m, ">= 2")
+    require(cfg.ef_search > 0, f"{key}.ef_search", cfg.ef_search, "> 0")
+    require(cfg.ef_construction > 0, f"{key}.ef_construction", cfg.ef_construction, "> 0")
+    require(cfg.train_size >= 0, f"{key}.train_size", cfg.train_size, ">= 0 (0 picks min(N, 256*nlist))")
+    require(cfg.query_batch > 0, f"{key}.query_batch", cfg.query_batch, "> 0")
 
 
 def _torch_threads(fn: Fn) -> Fn:
@@ -95,13 +91,13 @@ def _use_gpu(cfg: IndexConfig | DictConfig) -> bool:
 
 def _nlist(cfg: IndexConfig | DictConfig, n: int) -> int:
     nlist = cfg.nlist or max(1, round(4 * math.sqrt(n)))
-    _require(nlist <= n, f"{KEY}.nlist", cfg.nlist, f"at most the number of items, {n}")
+    require(nlist <= n, f"{KEY}.nlist", cfg.nlist, f"at most the number of items, {n}")
     return nlist
 
 
 def _training_sample(x: np.ndarray, cfg: IndexConfig | DictConfig, nlist: int) -> np.ndarray:
     size = min(x.shape[0], cfg.train_size or 256 * nlist)
-    _require(size >= nlist, f"{KEY}.train_size", cfg.train_size, f"0 or at least {KEY}.nlist={nlist}")
+    require(size >= nlist, f"{KEY}.train_size", cfg.train_size, f"0 or at least {KEY}.nlist={nlist}")
     if size == x.shape[0]:
         return x
     rows = np.random.default_rng(TRAIN_SEED).choice(x.shape[0], size, replace=False)
@@ -121,11 +117,15 @@ def build_index(x: np.ndarray, cfg: IndexConfig | DictConfig | None = None) -> f
     elif cfg.kind == "ivf":
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, _nlist(cfg, n), faiss.METRIC_INNER_PRODUCT)
         index.nprobe = cfg.nprobe
+    elif cfg.kind == "ivfpq":
+        require(d % cfg.pq_m == 0, f"{KEY}.pq_m", cfg.pq_m, f"a divisor of the embedding width {d}")
+        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, _nlist(cfg, n), cfg.pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+        index.nprobe = cfg.nprobe
     else:
         index = faiss.IndexFlatIP(d)
     if _use_gpu(cfg):
         index = faiss.index_cpu_to_all_gpus(index)
-        if cfg.kind == "ivf":  # also reaches the per-GPU replicas, whatever the cloner copied
+        if cfg.kind in ("ivf", "ivfpq"):  # also reaches the per-GPU replicas, whatever the cloner copied
             faiss.GpuParameterSpace().set_index_parameter(index, "nprobe", cfg.nprobe)
     if not index.is_trained:
         index.train(_training_sample(x, cfg, _nlist(cfg, n)))
