@@ -157,9 +157,10 @@ def loading(shape: Shape, dev: str, reps: int, consumed_per_s: float, shards: in
 
 
 def pools(quick: bool) -> list[dict]:
-    size = pool_build.Size(10**4, 1000, {k: IndexConfig(kind=k) for k in ("flat", "ivf")}, "suite") if quick \
-        else pool_build.Size(10**5, 500, pool_build.LIGHT, "suite")
-    return pool_build.bench(size)
+    """Exact against IVF and IVF-PQ (the LAION-scale choice, 64 bytes per vector); HNSW: benchmarks/pool_build.py."""
+    if quick:
+        return pool_build.bench(pool_build.Size(10**4, 1000, {k: IndexConfig(kind=k) for k in ("flat", "ivf", "ivfpq")}))
+    return pool_build.bench(pool_build.Size(10**5, 500, {k: IndexConfig(kind=k) for k in ("flat", "ivf", "ivfpq")}))
 
 
 # ---- the summary ---------------------------------------------------------------------------------
@@ -237,16 +238,16 @@ def main() -> None:
     info = device_info()
     gpu = dev == "cuda"
     # The step shape: the paper's 512 per GPU on CUDA; what 2 CPU cores afford otherwise.
-    shape = Shape(batch=512 if gpu else (32 if quick else 256))
-    reps = 3 if quick else 8
+    shape = Shape(batch=512 if gpu else (32 if quick else 128))
+    reps = 3 if quick else 6
     print("step costs ...", file=sys.stderr, flush=True)
     w = waterfall(shape, dev, reps)
     print("end to end ...", file=sys.stderr, flush=True)
-    e = end_to_end(replace(shape, batch=256 if gpu else (8 if quick else 32)), dev, reps=2 if quick else 4,
+    e = end_to_end(replace(shape, batch=256 if gpu else (8 if quick else 16)), dev, reps=2 if quick else 4,
                    encoder="ViT-B-16")
     print("scaling ...", file=sys.stderr, flush=True)
     base = replace(shape, batch=shape.batch if quick or gpu else shape.batch // 2)
-    s = scaling(base, dev, reps=2 if quick else 5,
+    s = scaling(base, dev, reps=2 if quick else 4,
                 batches=[base.batch * f // 2 for f in ((1, 2, 4) if quick else (1, 2, 4, 8))],
                 ks=[10, 20, 40] if quick else [10, 20, 40, 80], tokens=[8, 16, 32] if quick else [8, 16, 32, 64])
     print("loading and pools ...", file=sys.stderr, flush=True)
