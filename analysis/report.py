@@ -119,8 +119,12 @@ def write_report(root: Path) -> list[Path]:
         report.table(main_table(dataset, main))
     report.table(paper_table())
     report.text("## Component ablation")
-    for dataset, main in main_runs.items():
-        report.table(component_table(dataset, main))
+    components = [t for t in (component_table(d, main) for d, main in main_runs.items()) if t is not None]
+    for table in components:
+        report.table(table)
+    if not components:
+        report.text("Not run: no dataset has clip and a component (bns_only, cla_only, bns_no_curriculum) "
+                    "at their defaults (experiments/conf/ablation/components.yaml).")
 
     report.text("## Grid axes")
     for dataset, slices in sliced.items():

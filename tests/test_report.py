@@ -212,3 +212,12 @@ def test_schedule_shapes_are_ranked_beside_the_paper(tmp_path):
     [claim] = schedule_order({"synthetic": slices})
     assert claim.verdict == "not supported" and "default 50.5 ± 0.7 (n=2) vs aggressive 60.5 ± 0.7 (n=2): -10.0" \
         in claim.ours  # aggressive vs shallow holds, default vs aggressive goes against: not supported
+
+
+def test_a_sweep_without_components_says_so(tmp_path):
+    for seed in range(2):
+        write_run(tmp_path, f"bacl{seed}", "bacl", seed, {"i2t_R@1": 50.0 + seed})
+    write_report(tmp_path)
+    report = (tmp_path / "report" / "report.md").read_text()
+    section = report.split("## Component ablation")[1].split("## Grid axes")[0]
+    assert "Not run: no dataset has clip and a component" in section
