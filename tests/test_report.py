@@ -162,13 +162,24 @@ def test_rho_check_recovers_known_slopes(tmp_path):
     written = write_report(tmp_path)
     assert {"rho_check_ambiguous", "rho_check_r1"} <= {p.stem for p in written}
     report = (tmp_path / "report" / "report.md").read_text()
-    assert claim_row(report, "ρ-check: bacl slope ≈ -1 (95 % CI covers it)").endswith("| supported |")
+    assert claim_row(report, "ρ-check: bacl slope ≈ -1 (95 % CI covers it and excludes 0)").endswith("| supported |")
     assert claim_row(report, "ρ-check: uniform_hn slope shallower than bacl's (CIs apart)").endswith("| supported |")
     rows = [line.split(" | ") for line in (tmp_path / "report" / "tables" / "rho_slopes.md").read_text().splitlines()
             if line.startswith("| 1 − ambiguous_acc |")]
     slope = {(r[1], r[2]): float(r[3]) for r in rows}
     assert slope.keys() == {("bacl", "0.1"), ("bacl", "0.5"), ("uniform_hn", "0.1"), ("uniform_hn", "0.5")}
     assert all(abs(s - (-1.0 if m == "bacl" else -0.5)) < 0.1 for (m, _), s in slope.items())
+
+
+def test_a_slope_interval_that_also_covers_zero_supports_nothing():
+    from analysis.claims import _covers
+    from analysis.slopes import PowerLawFit
+
+    def fit(lo: float, hi: float) -> PowerLawFit:
+        return PowerLawFit(asymptote=0.0, scale=0.1, slope=(lo + hi) / 2, ci=(lo, hi), reference=1000.0, points=4)
+    assert _covers(fit(-1.3, -0.7), -1.0) == SUPPORTED
+    assert _covers(fit(-93.0, 92.0), -1.0) == NOISE
+    assert _covers(fit(-0.6, -0.2), -1.0) == AGAINST
 
 
 def test_verdicts_by_hand():
