@@ -140,6 +140,9 @@ def metric_vs_axis(runs: pd.DataFrame, axis: str, metric: str, out: Path, name: 
     return _save(fig, out, name)
 
 
+FLOOR_DECADES = 2  # rho_check: how far below the largest excess error the axis goes
+
+
 def rho_check(points: pd.DataFrame, fits: pd.DataFrame, error: str, out: Path, name: str) -> list[Path]:
     """Excess test error against n on log-log axes, one panel per ρ: per-method means ± std over seeds,
     the fitted power law (slope and 95 % CI in the legend) and reference slopes −1 and −1/2."""
@@ -151,24 +154,31 @@ def rho_check(points: pd.DataFrame, fits: pd.DataFrame, error: str, out: Path, n
     sizes = sorted(points[N_TRAIN].unique()) if not points.empty else []
     for ax, rho in zip(axes[:, 0], rhos):
         panel = points[points[RHO] == rho]
-        shown_all = []
+        excess = {}
         for method, group in panel.groupby("cfg.method.name"):
             fit = fit_of.get((method, rho))
-            if fit is None:
-                continue
-            excess = (group["error"] - fit.asymptote).groupby(group[N_TRAIN]).agg(["mean", "std"])
-            shown = excess[excess["mean"] > 0]  # the point at the fitted floor has no log
-            ax.errorbar(shown.index, shown["mean"], yerr=shown["std"].fillna(0), fmt="o", ms=3, capsize=2,
-                        color=style[method]["color"])
+            if fit is not None:
+                excess[method] = (group["error"] - fit.asymptote).groupby(group[N_TRAIN]).agg(["mean", "std"])
+        positive = [v for e in excess.values() for v in e["mean"] if v > 0]
+        if not positive:
+            continue
+        # Two decades below the largest excess: a point at the fitted floor (excess ~ 0) would
+        # otherwise stretch the log axis over fifteen decades; such points sit on the floor as ▽.
+        top = max(positive)
+        floor = top / 10 ** FLOOR_DECADES
+        for method, e in excess.items():
+            fit, color = fit_of[(method, rho)], style[method]["color"]
+            shown, low = e[e["mean"] >= floor], e[e["mean"] < floor]
+            ax.errorbar(shown.index, shown["mean"], yerr=shown["std"].fillna(0), fmt="o", ms=3, capsize=2, color=color)
+            ax.plot(low.index, np.full(len(low), floor), "v", ms=4, mfc="none", color=color)
             grid = np.geomspace(min(sizes), max(sizes), 50)
-            ax.plot(grid, fit.excess(grid), color=style[method]["color"], lw=1.2,
+            ax.plot(grid, fit.excess(grid), color=color, lw=1.2,
                     label=f"{method}: s = {fit.slope:+.2f} [{fit.ci[0]:+.2f}, {fit.ci[1]:+.2f}]")
-            shown_all += list(shown["mean"])
-        if shown_all:
-            n0, y0 = min(sizes), float(np.exp(np.mean(np.log(shown_all))))
-            grid = np.geomspace(n0, max(sizes), 10)
-            ax.plot(grid, y0 * (grid / n0) ** -1.0, "k--", lw=0.8)
-            ax.plot(grid, y0 * (grid / n0) ** -0.5, "k:", lw=0.8)
+        n0, y0 = min(sizes), float(np.exp(np.mean(np.log(np.clip(positive, floor, None)))))
+        grid = np.geomspace(n0, max(sizes), 10)
+        ax.plot(grid, y0 * (grid / n0) ** -1.0, "k--", lw=0.8)
+        ax.plot(grid, y0 * (grid / n0) ** -0.5, "k:", lw=0.8)
+        ax.set_ylim(floor / 1.6, top * 2.5)
         ax.set(xscale="log", yscale="log", ylabel="excess error")
         ax.set_xticks(sizes, [f"{n:g}" for n in sizes])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
@@ -176,7 +186,8 @@ def rho_check(points: pd.DataFrame, fits: pd.DataFrame, error: str, out: Path, n
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.32 if ax is axes[-1, 0] else -0.12), frameon=False)
     axes[-1, 0].set_xlabel("training items n (log scale)")
     fig.suptitle(f"error = {error_label(error)} = e∞ + c·n^s (fit; 95 % CI of s);\n"
-                 "excess = error − ê∞; dashed: slope −1, dotted: slope −1/2", fontsize=7)
+                 f"excess = error − ê∞ (▽: below {10 ** -FLOOR_DECADES:g} × the largest);\n"
+                 "dashed: slope −1, dotted: slope −1/2", fontsize=7)
     return _save(fig, out, name)
 
 
