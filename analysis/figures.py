@@ -115,7 +115,7 @@ def metric_by_method(runs: pd.DataFrame, metric: str, out: Path, name: str, chan
             error_kw={"elinewidth": 0.8, "capsize": 1.5})
     if chance is not None:
         ax.axvline(scaled(chance, metric), color="k", ls="--", lw=0.8, label="chance")
-        ax.legend(loc="lower right")
+        ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), frameon=False)  # above the axes: bars reach the right edge
     ax.set(xlabel=label_with_unit(metric))
     ax.grid(axis="y", visible=False)
     return _save(fig, out, name)
