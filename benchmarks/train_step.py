@@ -3,12 +3,12 @@
 Every method runs through the real `Trainer` (`setup` + `_batch` + `train_step`) on random
 fp16 features shaped like the LAION store (17 image tokens, 32 caption tokens, d = 512) and a
 random [N, k] pool, so the costs are the harness's own, not a re-implementation. The
-methods are timed interleaved (one step of each in turn, repeated) and the median is kept,
-which cancels most of the drift of a shared machine.
+methods are timed interleaved (one step of each in turn, repeated) and the fastest repetition
+is kept: on a shared machine other work only ever adds time, so the minimum is the estimate
+least disturbed by it (timeit's rule), and interleaving makes slow phases hit all methods.
 """
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -123,7 +123,7 @@ def sync(device: torch.device | str) -> None:
 
 
 def interleaved(fns: dict[str, Callable[[], None]], reps: int, warmup: int, device: str) -> dict[str, float]:
-    """Median seconds of each callable, timed in turn so load changes hit all of them alike."""
+    """Fastest of `reps` timings of each callable, timed in turn so load changes hit all alike."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -135,7 +135,7 @@ def interleaved(fns: dict[str, Callable[[], None]], reps: int, warmup: int, devi
             fn()
             sync(device)
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: min(t) for name, t in times.items()}
 
 
 # ---- memory ----------------------------------------------------------------------------------
