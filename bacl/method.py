@@ -185,10 +185,12 @@ class Method(nn.Module):
             negatives.shared = encoded.shared.view(b, m, *encoded.shared.shape[1:])
         if negatives is not None and negatives.scores is not None:
             out["boundary_score"] = negatives.scores.mean()
-        if self.bank is not None:
-            self._write_bank(batch.captions, txt, step)
+        if self.bank is not None:  # one gather for every caption this step encoded
+            captions, embeddings = batch.captions, txt
             if neg is not None:
-                self._write_bank(negatives.captions.flatten(), neg.flatten(0, 1), step)
+                captions = torch.cat([captions, negatives.captions.flatten()])
+                embeddings = torch.cat([embeddings, neg.flatten(0, 1)])
+            self._write_bank(captions, embeddings, step)
         out["contrastive_loss"] = self.contrastive(img, txt, neg, batch.rows)
         out.update(self.extra_losses(batch, vision, text, negatives))
         out["temperature"] = 1.0 / self.logit_scale.detach()

@@ -29,8 +29,8 @@ from bacl.encoders import EncoderConfig, load_encoder  # noqa: E402
 from bacl.results import write_json, write_text  # noqa: E402
 from benchmarks import pool_build  # noqa: E402
 from benchmarks.common import RESULTS, device as device_info  # noqa: E402
-from benchmarks.train_step import (WATERFALL, Bench, Shape, fitted_exponent, interleaved, items_for,  # noqa: E402
-                                   peak_step_bytes, random_pool, random_split, saved_activation_bytes)
+from benchmarks.train_step import (WATERFALL, Shape, benches, fitted_exponent, interleaved,  # noqa: E402
+                                   peak_step_bytes, saved_activation_bytes)
 
 # Targets of the performance issue (the paper: about +8 % time end to end).
 TARGET_END_TO_END, TARGET_CACHED, TARGET_LOADING = 1.08, 1.5, 3.0
@@ -38,24 +38,23 @@ TARGET_END_TO_END, TARGET_CACHED, TARGET_LOADING = 1.08, 1.5, 3.0
 
 def waterfall(shape: Shape, dev: str, reps: int) -> dict:
     """Step time of CLIP and of each BACL part added in turn, at one model, batch and data."""
-    n = items_for(shape, reps + 2)
-    split, pool = random_split(shape, n), random_pool(n, shape.k)
-    benches = {m: Bench(m, shape, split, pool, dev) for m, _ in WATERFALL}
-    times = interleaved({m: b.step for m, b in benches.items()}, reps=reps, warmup=1, device=dev)
+    trainers = benches([m for m, _ in WATERFALL], shape, dev, reps + 2)
+    times = interleaved({m: b.step for m, b in trainers.items()}, reps=reps, warmup=1, device=dev)
     rows, previous = [], 0.0
     for method, adds in WATERFALL:
-        bank = benches[method].bank_refresh_per_step()
+        bank = trainers[method].bank_refresh_per_step()
         total = times[method] + bank
         rows.append({"method": method, "adds": adds, "step_s": times[method], "bank_refresh_s": bank,
                      "total_s": total, "increment_s": total - previous})
         previous = total
     for r in rows:
-        bench = benches[r["method"]]
+        bench = trainers[r["method"]]
         r.update(vs_clip=r["total_s"] / rows[0]["total_s"], activation_bytes=saved_activation_bytes(bench),
                  peak_bytes=peak_step_bytes(bench, dev))
         r["activations_vs_clip"] = r["activation_bytes"] / rows[0]["activation_bytes"]
-    bank_bytes = benches["bacl"].trainer.method.bank.numel() * 4
-    return {"shape": asdict(shape), "items": n, "rows": rows, "bank_bytes_per_caption": bank_bytes / split.n_texts}
+    bank = trainers["bacl"].trainer.method.bank
+    return {"shape": asdict(shape), "items": trainers["clip"].trainer.train_split.n_items, "rows": rows,
+            "bank_bytes_per_caption": bank.shape[1] * bank.element_size()}
 
 
 def end_to_end(shape: Shape, dev: str, reps: int, encoder: str) -> dict:
@@ -66,18 +65,16 @@ def end_to_end(shape: Shape, dev: str, reps: int, encoder: str) -> dict:
     pixels = torch.stack([image.preprocess(photo)] * shape.batch)
     ids = torch.stack([text.preprocess(f"a photo of a thing number {i}") for i in range(shape.batch)])
     shape = replace(shape, vision_tokens=image.tokens, text_tokens=text.tokens, dim=image.dim)
-    n = items_for(shape, reps + 2)
-    split, pool = random_split(shape, n), random_pool(n, shape.k)
-    benches = {m: Bench(m, shape, split, pool, dev) for m in ("clip", "bacl")}
+    trainers = benches(("clip", "bacl"), shape, dev, reps + 2)
 
     def encode() -> None:
         image.encode(pixels), text.encode(ids)
     # The encoder's forward does not depend on the method: it is timed once, beside the steps on
     # features of its output shape, and added to both.
-    times = interleaved({"encoder": encode, **{m: b.step for m, b in benches.items()}}, reps=reps, warmup=1,
+    times = interleaved({"encoder": encode, **{m: b.step for m, b in trainers.items()}}, reps=reps, warmup=1,
                         device=dev)
     clip = times["encoder"] + times["clip"]
-    bacl = times["encoder"] + times["bacl"] + benches["bacl"].bank_refresh_per_step()
+    bacl = times["encoder"] + times["bacl"] + trainers["bacl"].bank_refresh_per_step()
     return {"encoder": f"open_clip {encoder} (random weights: the pretrained model's cost)",
             "shape": asdict(shape), "encoder_s": times["encoder"], "clip_s": clip, "bacl_s": bacl,
             "vs_clip": bacl / clip, "encoder_fraction_of_clip": times["encoder"] / clip}
@@ -88,9 +85,8 @@ def scaling(shape: Shape, dev: str, reps: int, batches: list[int], ks: list[int]
     def step_times(shapes: list[Shape], methods: tuple[str, ...]) -> dict[str, list[float]]:
         out: dict[str, list[float]] = {m: [] for m in methods}
         for s in shapes:
-            n = items_for(s, reps + 2)
-            split, pool = random_split(s, n), random_pool(n, s.k)
-            t = interleaved({m: Bench(m, s, split, pool, dev).step for m in methods}, reps=reps, warmup=1, device=dev)
+            t = interleaved({m: b.step for m, b in benches(methods, s, dev, reps + 2).items()}, reps=reps, warmup=1,
+                            device=dev)
             for m in methods:
                 out[m].append(t[m])
         return out
@@ -98,8 +94,7 @@ def scaling(shape: Shape, dev: str, reps: int, batches: list[int], ks: list[int]
     def selection_times(shapes: list[Shape]) -> list[float]:
         out = []
         for s in shapes:
-            n = items_for(s, 2)
-            bench = Bench("bacl", s, random_split(s, n), random_pool(n, s.k), dev)
+            bench = benches(("bacl",), s, dev, 2)["bacl"]
             out.append(interleaved({"bns": bench.selection()}, reps=reps, warmup=1, device=dev)["bns"])
         return out
 
@@ -121,9 +116,9 @@ def scaling(shape: Shape, dev: str, reps: int, batches: list[int], ks: list[int]
 
 def loading(shape: Shape, dev: str, reps: int, consumed_per_s: float, shards: int = 4) -> dict:
     """Samples/s the data path delivers, against what a BACL step consumes (the loop must not wait)."""
-    n = items_for(shape, reps + 2)
-    split, pool = random_split(shape, n), random_pool(n, shape.k)
-    bench = Bench("bacl", shape, split, pool, dev)
+    bench = benches(("bacl",), shape, dev, reps + 2)["bacl"]
+    split = bench.trainer.train_split
+    n = split.n_items
     batch_s = interleaved({"batch": lambda: bench.trainer._batch(bench.next_items())}, reps=reps * 4, warmup=2,
                           device=dev)["batch"]
     work = Path(tempfile.mkdtemp(prefix="bacl-load-bench-"))

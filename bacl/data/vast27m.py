@@ -21,7 +21,7 @@ from bacl.data.media import CorruptSample, read_audio, video_frames
 from bacl.data.pool import candidate_pool
 from bacl.data.real import (Entry, Skipped, StoreDataset, StoreDatasetConfig, clean_captions,
                             hash_split)
-from bacl.data.webvid10m import table_shards
+from bacl.data.webvid10m import shard_start, table_shards
 from bacl.registry import ConfigError
 
 CAPTION_FIELDS = ("vast_cap", "vision_cap", "audio_cap")
@@ -60,7 +60,7 @@ class Vast27M(StoreDataset):
 
     @classmethod
     def entries(cls, cfg: Any, shard: str) -> Iterator[Entry | Skipped]:
-        start = int(shard.split("-")[1])
+        start = shard_start(shard)[1]
         video_dir = cls.root(cfg) / cfg.video_dir
         for record in cls._records(cfg)[start:start + cfg.shard_size]:
             key = str(record.get("clip_id", ""))

@@ -9,7 +9,7 @@ from bacl.config import require
 from bacl.data.media import read_audio
 from bacl.data.real import (Entry, Skipped, StoreDataset, StoreDatasetConfig, clean_captions,
                             hash_split, roberta_encoder)
-from bacl.data.webvid10m import read_table, table_shards
+from bacl.data.webvid10m import read_table, shard_start, table_shards
 from bacl.encoders import EncoderConfig
 
 
@@ -45,7 +45,7 @@ class WavText5K(StoreDataset):
 
     @classmethod
     def entries(cls, cfg: Any, shard: str) -> Iterator[Entry | Skipped]:
-        start = int(shard.split("-")[1])
+        start = shard_start(shard)[1]
         rows = cls._table(cfg).iloc[start:start + cfg.shard_size]
         audio_dir = cls.root(cfg) / cfg.audio_dir
         for row in rows.to_dict("records"):

@@ -43,6 +43,12 @@ def table_shards(n_rows: int, shard_size: int, prefix: str) -> list[str]:
     return [f"{prefix}-{i:06d}" for i in range(0, n_rows, shard_size)]
 
 
+def shard_start(shard: str) -> tuple[str, int]:
+    """The (prefix, first row) a `table_shards` name encodes."""
+    prefix, start = shard.rsplit("-", 1)
+    return prefix, int(start)
+
+
 class WebVid10M(StoreDataset):
     Config = WebVid10MConfig
     STREAMS = {"frames": "video"}
@@ -64,8 +70,8 @@ class WebVid10M(StoreDataset):
 
     @classmethod
     def entries(cls, cfg: Any, shard: str) -> Iterator[Entry | Skipped]:
-        split, start = shard.split("-")
-        rows = cls._table(cfg, split).iloc[int(start):int(start) + cfg.shard_size]
+        split, start = shard_start(shard)
+        rows = cls._table(cfg, split).iloc[start:start + cfg.shard_size]
         video_dir = cls.root(cfg) / cfg.video_dir
         for row in rows.itertuples(index=False):
             path = video_dir / row.page_dir / f"{row.videoid}.mp4"

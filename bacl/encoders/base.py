@@ -10,6 +10,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from bacl.registry import require
+
 
 @dataclass
 class EncoderConfig:
@@ -45,6 +47,13 @@ def unavailable(weights: str, source: str, fetch: str, local: str, cache_dir: st
         f"or set pretrained to {local}.\n"
         f"Cause: {type(err).__name__}: {cause}"
     )
+
+
+def require_preset(cfg: Any, key: str, presets: dict[str, Any]) -> None:
+    """Random weights (pretrained null) need an architecture this backend knows by name."""
+    if cfg.pretrained is None:
+        require(cfg.model in presets, f"{key}.model", cfg.model,
+                f"a random-init preset ({', '.join(presets)}) since {key}.pretrained is null")
 
 
 def from_hub(kind: str, name: str, cache: Optional[str], *loaders: Any) -> list[Any]:

@@ -19,8 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bacl.config import require
-from bacl.encoders.base import FrozenEncoder, fixed_init, from_hub
+from bacl.encoders.base import FrozenEncoder, fixed_init, from_hub, require_preset
 
 # Random-init architectures for pretrained=null: ClapAudioConfig and ClapFeatureExtractor overrides.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -65,9 +64,7 @@ class CLAP:
 
     @staticmethod
     def validate(cfg: Any, key: str) -> None:
-        if cfg.pretrained is None:
-            require(cfg.model in PRESETS, f"{key}.model", cfg.model,
-                    f"a random-init preset ({', '.join(PRESETS)}) since {key}.pretrained is null")
+        require_preset(cfg, key, PRESETS)
 
     @staticmethod
     def build(cfg: Any, modality: str, device: str) -> FrozenEncoder:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from bacl.config import require
-from bacl.encoders.base import FrozenEncoder, fixed_init, from_hub
+from bacl.encoders.base import FrozenEncoder, fixed_init, from_hub, require_preset
 
 MAX_TOKENS = 512  # RoBERTa's 514 positions less the two its position ids skip
 
@@ -75,9 +75,7 @@ class RoBERTa:
 
     @staticmethod
     def validate(cfg: Any, key: str) -> None:
-        if cfg.pretrained is None:
-            require(cfg.model in PRESETS, f"{key}.model", cfg.model,
-                    f"a random-init preset ({', '.join(PRESETS)}) since {key}.pretrained is null")
+        require_preset(cfg, key, PRESETS)
         require(2 <= cfg.text_tokens <= MAX_TOKENS, f"{key}.text_tokens", cfg.text_tokens,
                 f"in [2, {MAX_TOKENS}]: room for <s> and </s>, within RoBERTa's positions")
 
