@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from analysis.aggregate import config_columns
 from bacl.config import run_id, to_container
-from bacl.registry import ConfigError
+from bacl.errors import ConfigError
 from bacl.results import read_json
 from bacl.sweep import available, expand
 

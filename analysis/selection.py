@@ -19,7 +19,7 @@ import pandas as pd
 
 from analysis.aggregate import config_columns, varying_axes
 from bacl.config import load_config, to_container
-from bacl.registry import ConfigError
+from bacl.errors import ConfigError
 
 METHOD, DATASET = "cfg.method.name", "cfg.dataset.name"
 

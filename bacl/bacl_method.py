@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from bacl.cla import cla_loss
-from bacl.config import require
+from bacl.errors import require
 from bacl.method import Batch, Method, MethodConfig, Negatives
 from bacl.model import Encoded
-from bacl.registry import ConfigError
+from bacl.errors import ConfigError
 from bacl.sampler import PolicyNet, gumbel_topk_st
 from bacl.schedule import Curriculum, ScheduleConfig, resolve_schedule
 

@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from bacl.data.pool import IndexConfig, validate_index
-from bacl.registry import DATASETS, METHODS, ConfigError, require  # noqa: F401 (require: re-exported)
+from bacl.errors import ConfigError, require
+from bacl.registry import DATASETS, METHODS
 
 GROUPS = ("method", "dataset")
 DEFAULT_METHOD = "bacl"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from bacl.registry import ConfigError
+from bacl.errors import ConfigError
 
 
 class _GatherWithGrad(torch.autograd.Function):

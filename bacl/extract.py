@@ -27,7 +27,8 @@ from bacl.data.pool import candidate_pool
 from bacl.data.real import ENCODER_OF_KIND, Entry, Skipped, StoreDataset
 from bacl.data.store import FeatureStore, ShardArrays
 from bacl.encoders import FrozenEncoder, load_encoder
-from bacl.registry import DATASETS, ConfigError
+from bacl.errors import ConfigError
+from bacl.registry import DATASETS
 
 log = logging.getLogger(__name__)
 MODALITY_OF_KIND = {"image": "image", "video": "image", "audio": "audio", "text": "text"}

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from bacl.config import load_config
-from bacl.registry import ConfigError
+from bacl.errors import ConfigError
 from bacl.trainer import Trainer
 
 PROFILE_KEYS = {

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bacl.config import require
+from bacl.errors import require
 from bacl.data.split import FeatureSplit
 from bacl.distributed import World
 from bacl.losses import info_nce
 from bacl.model import AlignmentModel, Encoded
-from bacl.registry import ConfigError
+from bacl.errors import ConfigError
 from bacl.sampler import boundary_scores
 
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on 1 / temperature

@@ -11,14 +11,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """Bad user input: raised before any training starts, message names key and value."""
-
-
-def require(ok: bool, key: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is out of range: expected {expected}")
+from bacl.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from bacl.registry import ConfigError
+from bacl.errors import ConfigError
 
 # (alpha_early, alpha_late, gamma, midpoint); midpoint is a fraction of training.
 SHAPES: dict[str, tuple[float, float, float, float]] = {

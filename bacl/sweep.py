@@ -19,7 +19,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bacl.config import load_config, parse_overrides, run_id, to_container
-from bacl.registry import DATASETS, ConfigError
+from bacl.errors import ConfigError
+from bacl.registry import DATASETS
 from bacl.results import read_json
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "experiments" / "conf"

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bacl.config import require
+from bacl.errors import require
 from bacl.losses import hcl
 from bacl.method import Method, MethodConfig
 

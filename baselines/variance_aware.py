@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from bacl.config import require
+from bacl.errors import require
 from bacl.method import Method, MethodConfig
-from bacl.registry import ConfigError
+from bacl.errors import ConfigError
 
 STATISTICS = ("variance", "entropy", "cosine_spread")
 

@@ -20,7 +20,7 @@ from bacl.config import load_config
 from bacl.encoders import EncoderUnavailable
 from bacl.extract import DataError, ExtractJob, PoolJob, build_pool, extract_features, open_store
 from bacl.launch import make_executor, validate_profile
-from bacl.registry import ConfigError
+from bacl.errors import ConfigError
 from bacl.sweep import load_group_file
 
 EXTRACT_KEYS = {"extract.workers": 0, "extract.batch_size": 32, "extract.tasks": 8}

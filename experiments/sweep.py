@@ -18,7 +18,7 @@ import submitit
 from analysis.aggregate import write_tables
 from analysis.report import draw
 from bacl.launch import (local_parallelism, make_executor, run_throttled, submit_slurm, validate_profile)
-from bacl.registry import ConfigError
+from bacl.errors import ConfigError
 from bacl.results import read_json, write_json
 from bacl.sweep import expand, load_group_file, run_state, unextracted
 

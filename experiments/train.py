@@ -9,7 +9,7 @@ import json
 import sys
 
 from bacl.config import load_config
-from bacl.registry import ConfigError
+from bacl.errors import ConfigError
 from bacl.trainer import Trainer
 
 

@@ -7,16 +7,9 @@ import pytest
 
 import bacl.sweep as sweep
 from bacl.config import load_config
+from helpers import REPO, TINY
 
-REPO = Path(__file__).resolve().parents[1]
 START, STOP = REPO / "slurm" / "local" / "start.sh", REPO / "slurm" / "local" / "stop.sh"
-
-TINY = [
-    "dataset.n_train=72", "dataset.n_test=36", "dataset.seed=3",
-    "model.width=32", "model.heads=2", "model.layers=2",
-    "train.batch_size=12", "train.epochs=2", "train.checkpoint_every=2", "train.threads=1",
-    "pool.k=6",
-]
 
 
 @pytest.fixture
@@ -25,8 +18,6 @@ def tiny_config(tmp_path):
     def make(*overrides: str):
         return load_config([*TINY, f"output_dir={tmp_path / 'runs'}", *overrides])
     return make
-
-
 
 
 def _controller_up() -> bool:

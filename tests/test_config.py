@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from bacl.config import load_config, run_id
-from bacl.registry import METHODS, ConfigError
+from bacl.errors import ConfigError
+from bacl.registry import METHODS
 from bacl.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 
 from bacl.config import load_config
 from bacl.trainer import Trainer
-from conftest import TINY
+from helpers import TINY
 
 METHODS = ["bacl", "hcl", "variance_aware"]
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from bacl.encoders import EncoderConfig, EncoderUnavailable, load_encoder, validate_encoder
 from bacl.encoders.roberta import ByteTokenizer
-from bacl.registry import ConfigError
+from bacl.errors import ConfigError
 
 TINY_CLIP = {"name": "open_clip", "model": "bacl-tiny-vit", "pretrained": None}
 

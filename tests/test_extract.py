@@ -21,9 +21,10 @@ from bacl.data.store import FeatureStore
 from bacl.data.vast27m import match_classification
 from bacl.encoders.base import fixed_init
 from bacl.extract import DataError, build_pool, extract_features
-from bacl.registry import DATASETS, ConfigError
+from bacl.errors import ConfigError
+from bacl.registry import DATASETS
 from bacl.trainer import Trainer
-from conftest import REPO
+from helpers import REPO
 
 OPEN_CLIP = ["dataset.vision_encoder.model=bacl-tiny-vit", "dataset.vision_encoder.pretrained=null",
              "dataset.text_encoder.model=bacl-tiny-vit", "dataset.text_encoder.pretrained=null"]

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from bacl.data.pool import IndexConfig, build_index, candidate_pool, search_pool, validate_index
-from bacl.registry import ConfigError
+from bacl.errors import ConfigError
 
 N = 400
 

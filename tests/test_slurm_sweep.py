@@ -12,8 +12,7 @@ import submitit
 from bacl.config import load_config
 from bacl.launch import TrainJob
 from bacl.trainer import Trainer
-from conftest import REPO, TINY
-from test_sweep import load_cli
+from helpers import REPO, TINY, load_cli
 
 pytestmark = pytest.mark.slurm
 
@@ -28,7 +27,7 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 1.0) -> None:
 
 def test_sweep_through_slurm_returns_at_once_and_completes(slurm_cluster, conf, tmp_path, capsys):
     conf("tiny", "grid:\n  - method: [clip, bacl]\nseeds: [0, 1]\n")
-    main = load_cli()
+    main = load_cli("sweep")
     out = tmp_path / "sweep"
     args = ["ablation=tiny", "cluster=slurm", f"output_dir={out}", *TINY, "train.epochs=1"]
 
@@ -74,7 +73,7 @@ def test_job_past_its_time_limit_is_requeued_and_resumes(slurm_cluster, tmp_path
 
 def test_job_killed_without_result_is_reported_failed(slurm_cluster, conf, tmp_path, capsys):
     conf("long", "grid:\n  - method: [clip]\nseeds: [0]\n")
-    main = load_cli()
+    main = load_cli("sweep")
     out = tmp_path / "sweep"
     args = ["ablation=long", "cluster=slurm", f"output_dir={out}", *TINY, "train.epochs=500"]
     assert main(args) == 0

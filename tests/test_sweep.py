@@ -9,8 +9,9 @@ from omegaconf import OmegaConf
 
 import bacl.sweep as sweep
 from bacl.launch import validate_profile
-from bacl.registry import METHODS, ConfigError
-from conftest import TINY
+from bacl.errors import ConfigError
+from bacl.registry import METHODS
+from helpers import TINY, load_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,17 +87,9 @@ def test_sweep_cli_rejects_bad_profile_before_submitting(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def load_cli():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("sweep_cli", ROOT / "experiments/sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 def test_local_sweep_runs_skips_and_aggregates(conf, tmp_path, capsys):
     conf("tiny", "grid:\n  - method: [clip, bns_only]\nseeds: [0, 1]\n")
-    main = load_cli()
+    main = load_cli("sweep")
     out = tmp_path / "sweep"
     args = ["ablation=tiny", f"output_dir={out}", *TINY, "train.epochs=1"]
 
@@ -125,7 +118,7 @@ def test_local_sweep_runs_skips_and_aggregates(conf, tmp_path, capsys):
 
 def test_failed_runs_are_reported_and_resubmitted(conf, tmp_path, capsys):
     conf("tiny", "grid:\n  - method: [clip]\nseeds: [0]\n")
-    main = load_cli()
+    main = load_cli("sweep")
     out = tmp_path / "sweep"
     args = ["ablation=tiny", f"output_dir={out}", *TINY, "train.epochs=1"]
     assert main(args) == 0

@@ -9,10 +9,10 @@ from typing import Any, Iterator, Optional
 import braceexpand
 import webdataset as wds
 
-from bacl.config import require
+from bacl.errors import require
 from bacl.data.media import decode_image
 from bacl.data.real import Entry, Skipped, StoreDataset, StoreDatasetConfig
-from bacl.registry import ConfigError
+from bacl.errors import ConfigError
 
 
 @dataclass

@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from bacl.registry import ConfigError, require
+from bacl.errors import ConfigError, require
 
 KEY = "pool.index"
 KINDS = ("flat", "ivf", "ivfpq", "hnsw")

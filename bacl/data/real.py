@@ -18,12 +18,12 @@ from typing import Any, Iterator, Optional
 import torch
 from omegaconf import OmegaConf
 
-from bacl.config import require
+from bacl.errors import require
 from bacl.data.base import FeatureDataset
 from bacl.data.pool import candidate_pool
 from bacl.data.store import FeatureStore, StoreMissing
 from bacl.encoders import EncoderConfig, validate_encoder
-from bacl.registry import ConfigError
+from bacl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

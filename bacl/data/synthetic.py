@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bacl.config import require
+from bacl.errors import require
 from bacl.data.base import FeatureDataset
 from bacl.data.split import FeatureSplit
 

@@ -16,13 +16,13 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from bacl.config import require
+from bacl.errors import require
 from bacl.data.media import CorruptSample, read_audio, video_frames
 from bacl.data.pool import candidate_pool
 from bacl.data.real import (Entry, Skipped, StoreDataset, StoreDatasetConfig, clean_captions,
                             hash_split)
 from bacl.data.webvid10m import shard_start, table_shards
-from bacl.registry import ConfigError
+from bacl.errors import ConfigError
 
 CAPTION_FIELDS = ("vast_cap", "vision_cap", "audio_cap")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from bacl.config import require
+from bacl.errors import require
 from bacl.data.media import read_audio
 from bacl.data.real import (Entry, Skipped, StoreDataset, StoreDatasetConfig, clean_captions,
                             hash_split, roberta_encoder)

@@ -9,10 +9,10 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from bacl.config import require
+from bacl.errors import require
 from bacl.data.media import video_frames
 from bacl.data.real import Entry, Skipped, StoreDataset, StoreDatasetConfig
-from bacl.registry import ConfigError
+from bacl.errors import ConfigError
 
 COLUMNS = ("videoid", "page_dir", "name")
 

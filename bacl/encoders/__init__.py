@@ -8,9 +8,10 @@ when built; open_clip is imported to check model names and tags (about 3 s, once
 """
 from __future__ import annotations
 
-from bacl.config import require
+from bacl.errors import require
 from bacl.encoders.base import EncoderConfig, EncoderUnavailable, FrozenEncoder
-from bacl.registry import ConfigError, Entry, Registry
+from bacl.errors import ConfigError
+from bacl.registry import Entry, Registry
 
 __all__ = ["ENCODERS", "EncoderConfig", "EncoderUnavailable", "FrozenEncoder", "load_encoder", "validate_encoder"]
 

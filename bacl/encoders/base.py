@@ -10,7 +10,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from bacl.registry import require
+from bacl.errors import require
 
 
 @dataclass

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from bacl.config import require
+from bacl.errors import require
 from bacl.encoders.base import FrozenEncoder, fixed_init, unavailable
 
 TINY = "bacl-tiny-vit"  # random-init test model: 32 px images, 4x4 patches, width 64, 2 layers

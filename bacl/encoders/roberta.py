@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bacl.config import require
+from bacl.errors import require
 from bacl.encoders.base import FrozenEncoder, fixed_init, from_hub, require_preset
 
 MAX_TOKENS = 512  # RoBERTa's 514 positions less the two its position ids skip
