@@ -20,8 +20,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from analysis.display import axis_label, label_with_unit, scaled  # noqa: E402
-from analysis.heatmap import AttentionPair  # noqa: E402
 from analysis.slopes import N_TRAIN, RHO, error_label  # noqa: E402
+from bacl.attention_example import AttentionPair  # noqa: E402
 from bacl.schedule import SHAPES, Curriculum  # noqa: E402
 
 WIDTH = 3.3  # inches: one column of a two-column paper

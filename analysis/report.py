@@ -20,7 +20,7 @@ from analysis.aggregate import load_runs, write_tables
 from analysis.claims import Claim, evaluate_claims
 from analysis.completeness import expected_runs, with_expected
 from analysis.display import primary_metric, where
-from analysis.heatmap import attention_pair, first_cla_run, load_trained
+from analysis.heatmap import first_cla_run
 from analysis.report_tables import (
     axis_table,
     completeness_table,
@@ -32,6 +32,7 @@ from analysis.report_tables import (
 from analysis.selection import at_reference, axis_slices, by_dataset, numeric_axes
 from analysis.slopes import ERRORS, PRIMARY, error_label, rho_fits, rho_points
 from analysis.tables import Table
+from bacl.attention_example import ATTENTION_EXAMPLE, read_attention_example
 from bacl.results import write_text
 
 
@@ -82,15 +83,16 @@ def _claims_table(claims: list[Claim]) -> Table:
 def _cla_heatmap(report: Report, runs: pd.DataFrame) -> None:
     run_dir = first_cla_run(runs)
     if run_dir is None:
-        report.text("CLA heat map: not drawn, no finished run of a method with CLA left a checkpoint.")
+        report.text(f"CLA heat map: not drawn, no finished run of a method with CLA left {ATTENTION_EXAMPLE}.")
         return
     try:
-        pair = attention_pair(*load_trained(run_dir))
-    except (OSError, RuntimeError, KeyError, ValueError) as err:  # a checkpoint of an older harness version
-        report.text(f"CLA heat map: not drawn, run {run_dir.name} could not be loaded: {type(err).__name__}: {err}")
+        pair = read_attention_example(run_dir / ATTENTION_EXAMPLE)
+    except (OSError, KeyError, TypeError, ValueError) as err:  # unreadable or not an attention example
+        report.text(f"CLA heat map: not drawn, {run_dir.name}/{ATTENTION_EXAMPLE} could not be read: "
+                    f"{type(err).__name__}: {err}")
         return
     report.figure(figures.cla_heatmap(pair, report.figures_dir, "cla_heatmap"),
-                  f"CLA cross-attention of run {run_dir.name} (last checkpoint): A⁺ = test item {pair.anchor}'s own "
+                  f"CLA cross-attention of run {run_dir.name} (final model): A⁺ = test item {pair.anchor}'s own "
                   f"caption, A⁻ = the caption of item {pair.negative}, its most similar other item; "
                   + ("red: the attribute that truly differs (aN: token of attribute N, d: distractor)."
                      if pair.differing else "no ground truth of differing tokens on this dataset."))

@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from bacl.attention_example import ATTENTION_EXAMPLE, write_attention_example
 from bacl.config import run_id, to_container
 from bacl.data.split import FeatureSplit
 from bacl.distributed import init_from_env
@@ -190,6 +191,8 @@ class Trainer:
             if main and (last_epoch or (epoch + 1) % cfg.eval.every_epochs == 0):
                 metrics = evaluate(self.method.model, self.test_split, cfg.eval.ks, self.dataset.extra_metrics)
                 record["eval"] = metrics
+            if main and last_epoch:  # what the report's CLA heat map draws
+                write_attention_example(self.method.model, self.test_split, self.run_dir / ATTENTION_EXAMPLE)
             if main:
                 append_jsonl(metrics_path, record)
             self.world.barrier()
