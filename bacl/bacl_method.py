@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from bacl.cla import cla_loss
 from bacl.errors import require
-from bacl.method import Batch, Method, MethodConfig, Negatives
+from bacl.batch import Batch, Negatives
+from bacl.method import Method, MethodConfig
 from bacl.model import Encoded
 from bacl.errors import ConfigError
 from bacl.sampler import PolicyNet, gumbel_topk_st
@@ -82,20 +83,20 @@ class BACL(Method):
         candidates = self.candidates(batch)
         scores = self.candidate_scores(img, txt, candidates, step)  # detached
         alpha = self.curriculum.alpha(progress)
-        bank = self.bank[candidates]
+        bank = self.bank.lookup(candidates)
         # BS in logit units (× 1/temperature), the scale at which the contrastive loss sees it
         curriculum = -alpha * self.logit_scale.detach() * scores
         logits = self.cfg.policy.bound * torch.tanh(self.policy(img.detach(), bank, scores)) + curriculum
-        noise = batch.draw(candidates.shape[1:], self.generator)
+        noise = batch.draw(candidates.shape[1:], self.rng["sampling"])
         pick = gumbel_topk_st(logits, self.cfg.policy.gumbel_tau, self.cfg.num_negatives, noise)
         reward = -alpha * scores
         m = self.cfg.num_negatives
         chosen = pick.detach().topk(m, dim=1).indices
-        stats = {
+        terms = {  # a loss term and a statistic (keys ending in _loss are summed into the objective)
             "policy_loss": -self.cfg.policy.weight * (pick * reward).sum(dim=1).mean() / m,
             "alpha": torch.tensor(alpha),
         }
-        return Negatives(torch.gather(candidates, 1, chosen), torch.gather(scores, 1, chosen)), stats
+        return Negatives(torch.gather(candidates, 1, chosen), torch.gather(scores, 1, chosen)), terms
 
     def extra_losses(self, batch: Batch, vision: Encoded, text: Encoded, negatives: Negatives | None
                      ) -> dict[str, torch.Tensor]:

@@ -11,14 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
-from bacl.errors import require
+from bacl.bank import EmbeddingBank
+from bacl.batch import Batch, Negatives
 from bacl.data.split import FeatureSplit
 from bacl.distributed import World
+from bacl.errors import ConfigError, require
 from bacl.losses import info_nce
-from bacl.model import AlignmentModel, Encoded
-from bacl.errors import ConfigError
+from bacl.model import AlignmentModel, Encoded, build_model
+from bacl.registry import METHODS
+from bacl.rng import Generators
 from bacl.sampler import boundary_scores
 
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on 1 / temperature
@@ -36,32 +40,6 @@ class MethodConfig:
     bank_refresh_steps: int = 0  # bank rows not rewritten by training for this many steps are re-encoded; 0: an epoch
 
 
-@dataclass
-class Batch:
-    """This rank's rows of a global batch (all of it in a single process)."""
-    global_items: torch.Tensor  # [B] item indices of the whole global batch
-    rows: slice  # this rank's rows of it
-    captions: torch.Tensor  # [b] the caption drawn for each local item
-    vision: torch.Tensor  # [b, Lv, dv]
-    text: torch.Tensor  # [b, Lt, dt]
-
-    @property
-    def items(self) -> torch.Tensor:
-        return self.global_items[self.rows]
-
-    def draw(self, shape_tail: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-        """Uniform noise for the global batch, sliced: ranks draw exactly what one process would."""
-        noise = torch.rand((self.global_items.shape[0], *shape_tail), generator=generator)
-        return noise[self.rows].to(self.global_items.device)
-
-
-@dataclass
-class Negatives:
-    captions: torch.Tensor  # [b, m] caption indices into the training split
-    scores: torch.Tensor | None  # [b, m] boundary scores, when known
-    shared: torch.Tensor | None = None  # [b, m, 1+Lt, W] their text state, when they were encoded
-
-
 class Method(nn.Module):
     Config = MethodConfig
     NEGATIVES: tuple[str, ...] = ("in_batch", "uniform", "hardest")
@@ -76,23 +54,30 @@ class Method(nn.Module):
         require(0 < cfg.init_temperature, "method.init_temperature", cfg.init_temperature, "> 0")
         require(cfg.bank_refresh_steps >= 0, "method.bank_refresh_steps", cfg.bank_refresh_steps, ">= 0")
 
-    def __init__(self, cfg, model: AlignmentModel, train: FeatureSplit, pool: torch.Tensor,
-                 steps_per_epoch: int, seed: int, world: World = World()):
+    def __init__(self, cfg, model: AlignmentModel, train: FeatureSplit, pool: torch.Tensor, seed: int,
+                 refresh_every: int, world: World = World()):
+        """`pool`: [N, k] candidate items per training item; `refresh_every`: the bank's staleness limit in steps."""
         super().__init__()
-        self.world = world
         if cfg.negatives != "in_batch" and cfg.num_negatives > pool.shape[1]:
             raise ConfigError(f"method.num_negatives={cfg.num_negatives} is larger than the pool: "
                               f"expected at most pool.k={pool.shape[1]}")
         self.cfg = cfg
+        self.world = world
         self.model = model
         self.train_split = train
         self.pool = pool
         self.model.logit_scale.requires_grad_(cfg.learn_temperature)
-        self.refresh_every = cfg.bank_refresh_steps or steps_per_epoch
-        self.generator = torch.Generator().manual_seed(seed + 1)
-        self.bank: torch.Tensor | None = None  # [M, W] text embeddings that score pool candidates
-        self.bank_written: torch.Tensor | None = None  # [M] step at which each row was last written
-        self.bank_step = -1
+        self.rng = Generators({"sampling": seed + 1})  # captions, pool draws and Gumbel noise
+        self.bank = (EmbeddingBank(train.n_texts, model.head["text"].out_features, refresh_every)
+                     if cfg.negatives not in ("in_batch", "uniform") else None)  # only scored negatives need it
+
+    def batch(self, global_items: torch.Tensor) -> Batch:
+        """This rank's rows of a global batch of items, each with a randomly drawn caption."""
+        split, rows = self.train_split, self.world.rows(global_items.shape[0])
+        global_items = global_items.to(split.vision.device)
+        captions = split.random_caption(global_items, self.rng["sampling"])[rows]
+        items = global_items[rows]
+        return Batch(global_items, rows, captions, split.vision[items].float(), split.text[captions].float())
 
     # ---- hooks -------------------------------------------------------------------------
     def select_negatives(self, batch: Batch, img: torch.Tensor, txt: torch.Tensor, step: int,
@@ -102,7 +87,7 @@ class Method(nn.Module):
         candidates = self.candidates(batch)  # [b, k]
         m = self.cfg.num_negatives
         if self.cfg.negatives == "uniform":
-            pick = batch.draw(candidates.shape[1:], self.generator).argsort(dim=1)[:, :m]
+            pick = batch.draw(candidates.shape[1:], self.rng["sampling"]).argsort(dim=1)[:, :m]
             return Negatives(torch.gather(candidates, 1, pick), None), {}
         scores = self.candidate_scores(img, txt, candidates, step)
         top = scores.topk(m, dim=1)
@@ -123,35 +108,15 @@ class Method(nn.Module):
     # ---- shared machinery ----------------------------------------------------------------
     def candidates(self, batch: Batch) -> torch.Tensor:
         """[b, k] one random caption of each FAISS candidate item of each local anchor."""
-        drawn = self.train_split.random_caption(self.pool[batch.global_items], self.generator)
+        drawn = self.train_split.random_caption(self.pool[batch.global_items], self.rng["sampling"])
         return drawn[batch.rows]
-
-    @torch.no_grad()
-    def _refresh_bank(self, step: int) -> None:
-        """Re-encode the rows training has not rewritten lately (all of them the first time)."""
-        text = self.train_split.text
-        if self.bank is None:
-            self.bank = torch.empty(text.shape[0], self.model.head["text"].out_features, device=text.device)
-            self.bank_written = torch.full((text.shape[0],), -self.refresh_every, device=text.device)
-        stale = torch.nonzero(step - self.bank_written >= self.refresh_every).squeeze(1)
-        for rows in stale.split(1024):
-            self.bank[rows] = self.model.encode(text[rows].float(), "text").embedding.float()
-        self.bank_written[stale] = step
-        self.bank_step = step
-
-    @torch.no_grad()
-    def _write_bank(self, captions: torch.Tensor, embeddings: torch.Tensor, step: int) -> None:
-        """Training encodes these captions anyway: keep their fresh embeddings (every rank the same rows)."""
-        captions, embeddings = self.world.gather(captions), self.world.gather(embeddings.detach())
-        self.bank[captions] = embeddings.float()
-        self.bank_written[captions] = step
 
     def candidate_scores(self, img: torch.Tensor, txt: torch.Tensor, candidates: torch.Tensor,
                          step: int) -> torch.Tensor:
-        """Boundary scores of [B, k] candidate captions, from a periodically refreshed bank."""
-        if self.bank is None or step - self.bank_step >= self.refresh_every:
-            self._refresh_bank(step)
-        return boundary_scores(img.detach(), txt.detach(), self.bank[candidates])
+        """Boundary scores of [b, k] candidate captions, from the bank (refreshed when due)."""
+        if self.bank.due(step):
+            self.bank.refresh(step, self.train_split.text, lambda t: self.model.encode(t, "text").embedding)
+        return boundary_scores(img.detach(), txt.detach(), self.bank.lookup(candidates))
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -190,8 +155,20 @@ class Method(nn.Module):
             if neg is not None:
                 captions = torch.cat([captions, negatives.captions.flatten()])
                 embeddings = torch.cat([embeddings, neg.flatten(0, 1)])
-            self._write_bank(captions, embeddings, step)
+            self.bank.write(self.world.gather(captions), self.world.gather(embeddings.detach()), step)
         out["contrastive_loss"] = self.contrastive(img, txt, neg, batch.rows)
         out.update(self.extra_losses(batch, vision, text, negatives))
         out["temperature"] = 1.0 / self.logit_scale.detach()
         return out
+
+
+def build_method(cfg: DictConfig, train: FeatureSplit, pool: torch.Tensor, world: World = World()) -> Method:
+    """The registered method of run config `cfg` with a fresh model, for a training split and its [N, k] pool.
+
+    Consumes torch's global generator for the model's initial weights (the caller seeds it).
+    """
+    batch_size = min(cfg.train.batch_size, train.n_items)
+    model = build_model(cfg.model, train, cfg.method.init_temperature)
+    method_cls = METHODS.entry(cfg.method.name).load()
+    refresh_every = cfg.method.bank_refresh_steps or train.n_items // batch_size  # 0: once an epoch
+    return method_cls(cfg.method, model, train, pool, cfg.seed, refresh_every, world)

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bacl.data.split import FeatureSplit
+
 
 class Attention(nn.Module):
     def __init__(self, width: int, heads: int, dropout: float):
@@ -162,3 +164,13 @@ class AlignmentModel(nn.Module):
             context_n = context.repeat(text_shared.shape[0] // context.shape[0], 1, 1)
             return self.blocks[-1].cross_map(self._fused_until_last(text_shared, context_n), context)
         return self.blocks[-1].cross_map(text_shared, context)
+
+
+def build_model(cfg, split: FeatureSplit, init_temperature: float) -> AlignmentModel:
+    """The model of `cfg` (the run's `model` section) for a split's token shapes; consumes torch's global RNG."""
+    return AlignmentModel(
+        vision_dim=split.vision.shape[-1], text_dim=split.text.shape[-1],
+        vision_tokens=split.vision.shape[1], text_tokens=split.text.shape[1],
+        width=cfg.width, layers=cfg.layers, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
+        dropout=cfg.dropout, cross_layers=cfg.cross_layers, init_temperature=init_temperature,
+    )

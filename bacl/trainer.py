@@ -25,9 +25,9 @@ from bacl.config import run_id, to_container
 from bacl.data.split import FeatureSplit
 from bacl.distributed import init_from_env
 from bacl.evaluate import evaluate
-from bacl.method import Batch, Method
-from bacl.model import AlignmentModel
-from bacl.registry import DATASETS, METHODS
+from bacl.batch import Batch
+from bacl.method import Method, build_method
+from bacl.registry import DATASETS
 from bacl.results import append_jsonl, git_commit, package_versions, read_json, save_checkpoint, write_json, write_text
 
 
@@ -71,23 +71,14 @@ class Trainer:
         cfg = self.cfg
         self.train_split, self.test_split = train.to(self.device), test.to(self.device)
         self.batch_size = min(cfg.train.batch_size, train.n_items)
-        self.rows = self.world.rows(self.batch_size)
+        self.world.rows(self.batch_size)  # a batch the ranks cannot split evenly fails here
         self.steps_per_epoch = train.n_items // self.batch_size
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
-        model = AlignmentModel(
-            vision_dim=train.vision.shape[-1], text_dim=train.text.shape[-1],
-            vision_tokens=train.vision.shape[1], text_tokens=train.text.shape[1],
-            width=cfg.model.width, layers=cfg.model.layers, heads=cfg.model.heads,
-            mlp_ratio=cfg.model.mlp_ratio, dropout=cfg.model.dropout, cross_layers=cfg.model.cross_layers,
-            init_temperature=cfg.method.init_temperature,
-        )
+        self.method: Method = build_method(cfg, self.train_split, pool.to(self.device), self.world).to(self.device)
         if cfg.train.compile:
             for path in ("shared", "encode", "cross_map"):
-                setattr(model, path, torch.compile(getattr(model, path), dynamic=True))
+                setattr(self.method.model, path, torch.compile(getattr(self.method.model, path), dynamic=True))
         self.autocast = torch.autocast("cuda", torch.bfloat16, enabled=cfg.train.amp and self.device.type == "cuda")
-        method_cls = METHODS.entry(cfg.method.name).load()
-        self.method: Method = method_cls(cfg.method, model, self.train_split, pool.to(self.device),
-                                         self.steps_per_epoch, cfg.seed, self.world).to(self.device)
         self.params = [p for p in self.method.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -102,10 +93,6 @@ class Trainer:
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "method_generator": self.method.generator.get_state(),
-            "bank": self.method.bank,
-            "bank_written": self.method.bank_written,
-            "bank_step": self.method.bank_step,
             "torch_rng": torch.get_rng_state(),
             "epoch_sums": dict(self.epoch_sums),
         }
@@ -115,9 +102,6 @@ class Trainer:
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.method.generator.set_state(state["method_generator"])
-        self.method.bank, self.method.bank_written = state["bank"], state["bank_written"]
-        self.method.bank_step = state["bank_step"]
         torch.set_rng_state(state["torch_rng"])
         self.epoch_sums = defaultdict(float, state["epoch_sums"])
         metrics_path = self.run_dir / "metrics.jsonl"
@@ -130,13 +114,6 @@ class Trainer:
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
         return torch.randperm(self.train_split.n_items, generator=gen)
-
-    def _batch(self, global_items: torch.Tensor) -> Batch:
-        split = self.train_split
-        global_items = global_items.to(self.device)
-        captions = split.random_caption(global_items, self.method.generator)[self.rows]
-        items = global_items[self.rows]
-        return Batch(global_items, self.rows, captions, split.vision[items].float(), split.text[captions].float())
 
     def backward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of this rank's rows, gradients averaged over ranks; stops on a non-finite loss."""
@@ -177,7 +154,7 @@ class Trainer:
             if offset == 0:
                 self.epoch_sums = defaultdict(float)
             for i in range(offset, self.steps_per_epoch):
-                stats = self.train_step(self._batch(order[i * self.batch_size:(i + 1) * self.batch_size]))
+                stats = self.train_step(self.method.batch(order[i * self.batch_size:(i + 1) * self.batch_size]))
                 for k, v in stats.items():
                     self.epoch_sums[k] += v
                 progress.update(1)

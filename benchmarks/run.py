@@ -52,7 +52,7 @@ def waterfall(shape: Shape, dev: str, reps: int) -> dict:
         r.update(vs_clip=r["total_s"] / rows[0]["total_s"], activation_bytes=saved_activation_bytes(bench),
                  peak_bytes=peak_step_bytes(bench, dev))
         r["activations_vs_clip"] = r["activation_bytes"] / rows[0]["activation_bytes"]
-    bank = trainers["bacl"].trainer.method.bank
+    bank = trainers["bacl"].trainer.method.bank.embeddings
     return {"shape": asdict(shape), "items": trainers["clip"].trainer.train_split.n_items, "rows": rows,
             "bank_bytes_per_caption": bank.shape[1] * bank.element_size()}
 
@@ -119,7 +119,7 @@ def loading(shape: Shape, dev: str, reps: int, consumed_per_s: float, shards: in
     bench = benches(("bacl",), shape, dev, reps + 2)["bacl"]
     split = bench.trainer.train_split
     n = split.n_items
-    batch_s = interleaved({"batch": lambda: bench.trainer._batch(bench.next_items())}, reps=reps * 4, warmup=2,
+    batch_s = interleaved({"batch": lambda: bench.trainer.method.batch(bench.next_items())}, reps=reps * 4, warmup=2,
                           device=dev)["batch"]
     work = Path(tempfile.mkdtemp(prefix="bacl-load-bench-"))
     try:

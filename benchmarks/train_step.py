@@ -92,12 +92,12 @@ class Bench:
         return items
 
     def step(self) -> None:
-        self.trainer.train_step(self.trainer._batch(self.next_items()))
+        self.trainer.train_step(self.trainer.method.batch(self.next_items()))
 
     def selection(self) -> Callable[[], None]:
         """BNS alone on one batch: candidates, scores, policy, Gumbel pick and the policy's backward."""
         t = self.trainer
-        batch = t._batch(self.next_items())
+        batch = t.method.batch(self.next_items())
         with torch.no_grad():
             img = t.method.model.encode(batch.vision, "vision").embedding
             txt = t.method.model.encode(batch.text, "text").embedding
@@ -116,9 +116,10 @@ class Bench:
         method = self.trainer.method
         if method.bank is None:
             return 0.0
-        every = int(method.bank_written.max()) + method.refresh_every  # makes every row stale
+        bank, encode = method.bank, lambda t: method.model.encode(t, "text").embedding
+        every = int(bank.written.max()) + bank.refresh_every  # makes every row stale
         start = time.perf_counter()
-        method._refresh_bank(every)
+        bank.refresh(every, self.trainer.train_split.text, encode)
         sync(self.trainer.device)
         split = self.trainer.train_split
         stale = 1 - split.n_items / split.n_texts

@@ -4,9 +4,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 import bacl.sweep as sweep
 from bacl.config import load_config
+from bacl.method import Method, build_method
+from bacl.registry import DATASETS
 from helpers import REPO, TINY
 
 START, STOP = REPO / "slurm" / "local" / "start.sh", REPO / "slurm" / "local" / "stop.sh"
@@ -17,6 +20,17 @@ def tiny_config(tmp_path):
     """A config that trains in about a second; extra overrides win."""
     def make(*overrides: str):
         return load_config([*TINY, f"output_dir={tmp_path / 'runs'}", *overrides])
+    return make
+
+
+@pytest.fixture
+def tiny_method(tiny_config):
+    """A method built directly (no Trainer) on the tiny synthetic split and its FAISS pool."""
+    def make(*overrides: str) -> Method:
+        cfg = tiny_config(*overrides)
+        torch.manual_seed(cfg.seed)
+        data = DATASETS.entry(cfg.dataset.name).load()(cfg.dataset)
+        return build_method(cfg, data.train, data.candidate_pool(cfg.pool))
     return make
 
 

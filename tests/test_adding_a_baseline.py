@@ -26,13 +26,12 @@ def test_worked_example_trains(tiny_config, tmp_path, monkeypatch):
     cfg = tiny_config(f"method={name}", "method.gamma=1.0")
     assert Trainer(cfg).run()["status"] == "ok"
 
-    # the loss is what the doc says: (1 - p)^gamma * CE, checked by a loop
-    focal = importlib.import_module("doc_baselines.focal").Focal
-    logits = torch.randn(4, 6, dtype=torch.float64)
-    method = object.__new__(focal)
-    method.cfg = type("C", (), {"gamma": 2.0})
-    ours = focal.direction_loss(method, logits, torch.arange(4))
+    # the pure loss is what the doc says, (1 - p)^gamma * CE, checked by a loop
+    focal_info_nce = importlib.import_module("doc_baselines.focal").focal_info_nce
+    logits = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 3, 5, 1])
+    ours = focal_info_nce(logits, labels, 2.0)
     for i in range(4):
-        p = torch.softmax(logits[i], 0)[i]
+        p = torch.softmax(logits[i], 0)[labels[i]]
         assert torch.isclose(ours[i], -(1 - p) ** 2 * torch.log(p))
     sys.modules.pop("doc_baselines.focal", None)

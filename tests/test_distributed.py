@@ -17,7 +17,7 @@ METHODS = ["bacl", "hcl", "variance_aware"]
 def first_step(overrides: list[str]) -> tuple[float, dict[str, torch.Tensor]]:
     trainer = Trainer(load_config(overrides))
     trainer.build()
-    batch = trainer._batch(trainer._epoch_order(0)[: trainer.batch_size])
+    batch = trainer.method.batch(trainer._epoch_order(0)[: trainer.batch_size])
     loss, _ = trainer.backward(batch)
     grads = {n: p.grad.clone() for n, p in trainer.method.named_parameters() if p.grad is not None}
     return float(trainer.world.mean(loss)), grads

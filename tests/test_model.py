@@ -92,7 +92,7 @@ def test_compiled_training_step_matches_eager(tiny_config):
     def first_step(flag: str) -> tuple[float, list[torch.Tensor]]:
         trainer = Trainer(tiny_config("method=bacl", f"train.compile={flag}"))
         trainer.build()
-        loss, _ = trainer.backward(trainer._batch(torch.arange(12)))
+        loss, _ = trainer.backward(trainer.method.batch(torch.arange(12)))
         return loss.item(), [p.grad.clone() for p in trainer.params if p.grad is not None]
     eager_loss, eager = first_step("false")
     compiled_loss, compiled = first_step("true")

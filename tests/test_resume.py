@@ -4,11 +4,19 @@ import json
 import pytest
 import torch
 
+from bacl.registry import METHODS
 from bacl.trainer import Trainer
 
 
 class Preempted(Exception):
     pass
+
+
+def equal(a, b) -> bool:
+    """Bitwise equality of tensors, or of dicts of them (a module's extra state)."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return torch.equal(a, b)
 
 
 def interrupt_at(monkeypatch, step: int) -> None:
@@ -21,7 +29,7 @@ def interrupt_at(monkeypatch, step: int) -> None:
     monkeypatch.setattr(Trainer, "train_step", flaky)
 
 
-@pytest.mark.parametrize("method,kill_at", [("bacl", 9), ("variance_aware", 5), ("uniform_hn", 6)])
+@pytest.mark.parametrize("method,kill_at", [(name, (5, 6, 9)[i % 3]) for i, name in enumerate(METHODS.names())])
 def test_resume_is_bitwise_on_cpu(tiny_config, tmp_path, monkeypatch, method, kill_at):
     # checkpoint_every=2, 6 steps per epoch, 2 epochs: killed mid-epoch, resumed from step kill_at - kill_at % 2
     straight = Trainer(tiny_config(f"method={method}", f"output_dir={tmp_path}/a"))
@@ -42,4 +50,13 @@ def test_resume_is_bitwise_on_cpu(tiny_config, tmp_path, monkeypatch, method, ki
     assert log(first) == log(straight)  # no duplicated or partial epochs
     a = torch.load(straight.run_dir / "last.pt", weights_only=False)["method"]
     b = torch.load(first.run_dir / "last.pt", weights_only=False)["method"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys() and all(equal(a[k], b[k]) for k in a)
+
+
+def test_the_checkpoint_holds_the_method_state_and_nothing_method_specific(tiny_config):
+    """The method owns its state (bank, generators, EMA buffers): the trainer saves one state dict of it."""
+    trainer = Trainer(tiny_config("method=bacl"))
+    trainer.build()
+    state = trainer.state()
+    assert set(state) == {"step", "method", "optimizer", "scheduler", "torch_rng", "epoch_sums"}
+    assert {"bank.embeddings", "bank.written", "rng._extra_state"} <= set(state["method"])

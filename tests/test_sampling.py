@@ -20,7 +20,7 @@ def test_negatives_never_share_the_anchor_item(tiny_config):
     for method in ("uniform_hn", "hardest", "bacl"):
         trainer = Trainer(tiny_config(f"method={method}", "method.num_negatives=3"))
         trainer.build()
-        batch = trainer._batch(torch.arange(12))
+        batch = trainer.method.batch(torch.arange(12))
         negatives, _ = trainer.method.select_negatives(batch, *(
             trainer.method.model.encode(t, m).embedding for t, m in ((batch.vision, "vision"), (batch.text, "text"))),
             step=0, progress=0.5)
@@ -51,7 +51,7 @@ def test_policy_learns_only_from_its_reward(tiny_config):
     trainer = Trainer(tiny_config("method=bacl"))
     trainer.build()
     method = trainer.method
-    out = method(trainer._batch(torch.arange(12)), step=0, progress=0.9)
+    out = method(trainer.method.batch(torch.arange(12)), step=0, progress=0.9)
     policy = list(method.policy.parameters())
     grads = torch.autograd.grad(out["policy_loss"], policy, allow_unused=True)
     assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0

@@ -1,0 +1,32 @@
+"""The data a method's forward receives: a batch of (item, caption) pairs and its pool negatives."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Batch:
+    """This rank's rows of a global batch (all of it in a single process)."""
+    global_items: torch.Tensor  # [B] item indices of the whole global batch
+    rows: slice  # this rank's rows of it
+    captions: torch.Tensor  # [b] the caption drawn for each local item
+    vision: torch.Tensor  # [b, Lv, dv]
+    text: torch.Tensor  # [b, Lt, dt]
+
+    @property
+    def items(self) -> torch.Tensor:
+        return self.global_items[self.rows]
+
+    def draw(self, shape_tail: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        """Uniform noise for the global batch, sliced: ranks draw exactly what one process would."""
+        noise = torch.rand((self.global_items.shape[0], *shape_tail), generator=generator)
+        return noise[self.rows].to(self.global_items.device)
+
+
+@dataclass
+class Negatives:
+    captions: torch.Tensor  # [b, m] caption indices into the training split
+    scores: torch.Tensor | None  # [b, m] boundary scores, when known
+    shared: torch.Tensor | None = None  # [b, m, 1+Lt, W] their text state, when they were encoded
