@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from bacl.cla import cla_loss
-from bacl.errors import require
 from bacl.batch import Batch, Negatives
+from bacl.cla import cla_loss
+from bacl.errors import ConfigError, require
 from bacl.method import Method, MethodConfig
 from bacl.model import Encoded
-from bacl.errors import ConfigError
 from bacl.sampler import PolicyNet, gumbel_topk_st
 from bacl.schedule import Curriculum, ScheduleConfig, resolve_schedule
 

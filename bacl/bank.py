@@ -9,7 +9,7 @@ is checkpointed with the method's `state_dict()` and moves with `.to(device)`.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -18,6 +19,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 
 from bacl.data.pool import IndexConfig, validate_index
 from bacl.errors import ConfigError, require
+from bacl.neutral import neutral, without_neutral
 from bacl.registry import DATASETS, METHODS
 
 GROUPS = ("method", "dataset")
@@ -51,7 +53,7 @@ class TrainConfig:
     warmup_fraction: float = 0.05
     grad_clip: float = 1.0
     checkpoint_every: int = 50  # steps between atomic last.pt writes
-    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    threads: int = neutral(0)  # torch intra-op threads; 0 keeps torch's default
     device: str = "cpu"
     amp: bool = True  # bf16 autocast of the training step on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile the model's encode / cross-map paths (dynamic shapes)
@@ -66,8 +68,8 @@ class EvalConfig:
 @dataclass
 class RunConfig:
     seed: int = 0
-    output_dir: str = "results"
-    data_root: str = "data"  # a dataset whose dataset.root is null is read from <data_root>/<dataset name>
+    output_dir: str = neutral("results")
+    data_root: str = neutral("data")  # a dataset whose dataset.root is null is read from <data_root>/<dataset name>
     method: Any = None
     dataset: Any = None
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -192,12 +194,6 @@ def to_container(cfg: DictConfig) -> dict:
 
 
 def run_id(cfg: DictConfig) -> str:
-    """Stable hash of everything that changes the result (not where data is read or results are written, nor threads)."""
-    data = to_container(cfg)
-    for key in ("output_dir", "data_root"):
-        data.pop(key, None)
-    for key in ("root", "store"):
-        data["dataset"].pop(key, None)
-    data["train"].pop("threads", None)
-    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    """Stable hash of everything that changes the result (fields marked `neutral` do not, bacl/neutral.py)."""
+    blob = json.dumps(without_neutral(cfg), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

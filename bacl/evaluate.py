@@ -1,7 +1,7 @@
 """Held-out evaluation: dual-encoder retrieval, alignment margin, attention-error localisation."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import submitit
@@ -24,8 +25,8 @@ from tqdm import tqdm
 from bacl.config import load_config
 from bacl.data.media import CorruptSample, resample
 from bacl.data.pool import candidate_pool
-from bacl.data.real import ENCODER_OF_KIND, Entry, Skipped, StoreDataset
 from bacl.data.store import FeatureStore, ShardArrays
+from bacl.data.store_dataset import ENCODER_OF_KIND, RawSample, Skipped, StoreDataset
 from bacl.encoders import FrozenEncoder, load_encoder
 from bacl.errors import ConfigError
 from bacl.registry import DATASETS
@@ -49,7 +50,7 @@ class Prepared:
 class _Samples(Dataset):
     """Decode + preprocess, run in loader workers; failures come back as `Skipped`."""
 
-    def __init__(self, dataset_cls: type[StoreDataset], cfg: Any, entries: list[Entry], towers: dict[str, Tower]):
+    def __init__(self, dataset_cls: type[StoreDataset], cfg: Any, entries: list[RawSample], towers: dict[str, Tower]):
         self.dataset_cls, self.cfg, self.entries = dataset_cls, cfg, entries
         self.encoders = {name: tower.encoder for name, tower in towers.items()}
 

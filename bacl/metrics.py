@@ -49,7 +49,7 @@ are exact in the input dtype (integer scores are converted to float64).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -1,4 +1,7 @@
-"""Negative selection over each anchor's FAISS candidates: uniform, hardest, and the BNS policy."""
+"""Boundary scores, straight-through Gumbel top-m and the BNS policy network.
+
+Uniform and hardest picks over the pool are `Method.select_negatives` (bacl/method.py).
+"""
 from __future__ import annotations
 
 import torch

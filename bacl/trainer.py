@@ -2,7 +2,10 @@
 
 A run directory is self-describing: `config.yaml` (resolved), `metrics.jsonl` (one line
 per epoch), `last.pt` (atomic, every `train.checkpoint_every` steps: everything needed to
-continue bit-for-bit on CPU) and `result.json`. A run whose result says `ok` is not
+continue bit-for-bit on CPU), `attention_example.json` (the final model's CLA maps for the
+report's heat map) and `result.json`. The method owns its state (parameters, buffers, the
+candidate-score bank, its generators), so a checkpoint holds the method's `state_dict()`
+and nothing method-specific. A run whose result says `ok` is not
 redone; one with a checkpoint continues from it. A non-finite loss stops the run as
 `failed` with the step, and the last good checkpoint is left untouched.
 """
@@ -21,11 +24,11 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from bacl.attention_example import ATTENTION_EXAMPLE, write_attention_example
+from bacl.batch import Batch
 from bacl.config import run_id, to_container
 from bacl.data.split import FeatureSplit
 from bacl.distributed import init_from_env
 from bacl.evaluate import evaluate
-from bacl.batch import Batch
 from bacl.method import Method, build_method
 from bacl.registry import DATASETS
 from bacl.results import append_jsonl, git_commit, package_versions, read_json, save_checkpoint, write_json, write_text

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from bacl.errors import require
+from bacl.errors import ConfigError, require
 from bacl.method import Method, MethodConfig
-from bacl.errors import ConfigError
 
 STATISTICS = ("variance", "entropy", "cosine_spread")
 

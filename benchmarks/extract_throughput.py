@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import device, timed, write_result  # noqa: E402
 from bacl.config import load_config  # noqa: E402
 from bacl.data import fixtures  # noqa: E402
 from bacl.extract import _Samples, extract_features, load_towers  # noqa: E402
 from bacl.registry import DATASETS  # noqa: E402
+from benchmarks.common import device, timed, write_result  # noqa: E402
 
 ENCODER = ["dataset.vision_encoder.model=ViT-B-16", "dataset.vision_encoder.pretrained=null",
            "dataset.text_encoder.model=ViT-B-16", "dataset.text_encoder.pretrained=null"]
@@ -47,7 +47,8 @@ def flops_per_sample(clip: torch.nn.Module) -> dict[str, float]:
         return 2.0 * weights * tokens + 4.0 * layers * tokens ** 2 * width
     v = clip.visual
     patch = sum(p.numel() for p in v.conv1.parameters())
-    image = tower(v.transformer, v.proj.numel(), 1 + v.grid_size[0] * v.grid_size[1]) + 2.0 * patch * v.grid_size[0] * v.grid_size[1]
+    patches = v.grid_size[0] * v.grid_size[1]
+    image = tower(v.transformer, v.proj.numel(), 1 + patches) + 2.0 * patch * patches
     text = tower(clip.transformer, clip.text_projection.numel(), clip.context_length)
     return {"image": image, "captions": text}
 

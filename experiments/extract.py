@@ -15,12 +15,11 @@ from __future__ import annotations
 import sys
 import time
 
-
 from bacl.config import load_config
 from bacl.encoders import EncoderUnavailable
+from bacl.errors import ConfigError
 from bacl.extract import DataError, ExtractJob, PoolJob, build_pool, extract_features, open_store
 from bacl.launch import make_executor, validate_profile
-from bacl.errors import ConfigError
 from bacl.sweep import load_group_file
 
 EXTRACT_KEYS = {"extract.workers": 0, "extract.batch_size": 32, "extract.tasks": 8}
@@ -32,7 +31,8 @@ def parse(argv: list[str]) -> tuple[list[str], dict[str, int], str]:
         key, _, value = arg.partition("=")
         if key in EXTRACT_KEYS:
             if not value.isdigit() or (key != "extract.workers" and int(value) < 1):
-                raise ConfigError(f"{key}={value!r}: expected a {'non-negative' if key == 'extract.workers' else 'positive'} integer")
+                sign = "non-negative" if key == "extract.workers" else "positive"
+                raise ConfigError(f"{key}={value!r}: expected a {sign} integer")
             options[key] = int(value)
         elif key == "cluster":
             cluster = value

@@ -1,7 +1,6 @@
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch

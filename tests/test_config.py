@@ -63,3 +63,21 @@ def test_cli_exit_code_and_message(tmp_path):
     assert proc.returncode == 2
     assert "method.schedule.gamma=0.0" in proc.stderr and "Traceback" not in proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_result_neutral_fields_change_neither_run_id_nor_store_path():
+    """One marker (bacl/neutral.py) feeds both hashes; a result-changing key still changes them."""
+    from bacl.config import run_id
+    from bacl.registry import DATASETS
+
+    base = ["dataset=laion400m", "data_root=/d"]
+    ref = load_config(base)
+    store = DATASETS.entry("laion400m").load().store_path
+    for neutral in ("train.threads=3", "output_dir=/elsewhere", "dataset.strict=true",
+                    "dataset.vision_encoder.batch_size=7", "dataset.root=/d/laion400m"):
+        cfg = load_config([*base, neutral])
+        assert run_id(cfg) == run_id(ref), neutral
+        assert store(cfg.dataset) == store(ref.dataset), neutral
+    for changing in ("seed=1", "dataset.vision_encoder.patch_grid=2"):
+        assert run_id(load_config([*base, changing])) != run_id(ref), changing
+    assert store(load_config([*base, "dataset.vision_encoder.patch_grid=2"]).dataset) != store(ref.dataset)

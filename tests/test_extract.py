@@ -16,12 +16,12 @@ from PIL import Image
 from bacl import extract as extract_mod
 from bacl.config import load_config
 from bacl.data import fixtures, media
-from bacl.data.real import hash_split
 from bacl.data.store import FeatureStore
+from bacl.data.store_dataset import hash_split
 from bacl.data.vast27m import match_classification
 from bacl.encoders.base import fixed_init
-from bacl.extract import DataError, build_pool, extract_features
 from bacl.errors import ConfigError
+from bacl.extract import DataError, build_pool, extract_features
 from bacl.registry import DATASETS
 from bacl.trainer import Trainer
 from helpers import REPO
@@ -188,7 +188,7 @@ def test_streams_of_a_trimodal_item_sit_in_disjoint_channel_blocks(extracted):
     split = store.split("train")
     shard = store.path / "shards" / store.manifest["shards"][0]
     dims = [np.load(shard / f"{s}.tokens.npy", mmap_mode="r").shape[1:] for s in ("frames", "audio", "subtitle")]
-    assert split.vision.shape[1:] == (sum(l for l, _ in dims), sum(d for _, d in dims))
+    assert split.vision.shape[1:] == (sum(n for n, _ in dims), sum(d for _, d in dims))
     (lf, df), (la, da), _ = dims
     frames = np.load(shard / "frames.tokens.npy")
     keep = [s == "train" for s in json.loads((shard / "items.json").read_text())["splits"]]
@@ -238,7 +238,8 @@ def test_hash_split_is_stable_and_near_the_fraction():
 
 def test_extract_cli_reports_and_exit_codes(tmp_path):
     root = fixtures.laion400m(tmp_path / "laion", n=16, per_shard=8)
-    args = [sys.executable, str(REPO / "experiments" / "extract.py"), "dataset=laion400m", f"dataset.root={root}", *OPEN_CLIP, "pool.k=3"]
+    args = [sys.executable, str(REPO / "experiments" / "extract.py"), "dataset=laion400m", f"dataset.root={root}",
+            *OPEN_CLIP, "pool.k=3"]
     ok = subprocess.run(args, capture_output=True, text=True, cwd=REPO)
     assert ok.returncode == 0, ok.stderr
     assert "2 shard(s) extracted now (16 samples" in ok.stdout and "'skipped_total': 1" in ok.stdout
@@ -246,7 +247,8 @@ def test_extract_cli_reports_and_exit_codes(tmp_path):
     assert again.returncode == 0 and "0 shard(s) extracted now" in again.stdout
     bad = subprocess.run([*args, "extract.workers=-1"], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and "extract.workers" in bad.stderr and "Traceback" not in bad.stderr
-    strict = subprocess.run([*args, "dataset.strict=true", f"dataset.store={tmp_path / 's'}"], capture_output=True, text=True, cwd=REPO)
+    strict = subprocess.run([*args, "dataset.strict=true", f"dataset.store={tmp_path / 's'}"],
+                            capture_output=True, text=True, cwd=REPO)
     assert strict.returncode == 1 and "000000001" in strict.stderr and "Traceback" not in strict.stderr
 
 

@@ -2,17 +2,17 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import braceexpand
 import webdataset as wds
 
-from bacl.errors import require
 from bacl.data.media import decode_image
-from bacl.data.real import Entry, Skipped, StoreDataset, StoreDatasetConfig
-from bacl.errors import ConfigError
+from bacl.data.store_dataset import RawSample, Skipped, StoreDataset, StoreDatasetConfig
+from bacl.errors import ConfigError, require
 
 
 @dataclass
@@ -34,7 +34,8 @@ def split_shards(root: Path, shards_pattern: Optional[str], test_pattern: Option
     if missing:
         raise ConfigError(f"dataset.shards={shards_pattern!r}: {len(missing)} shard(s) not found under {root}, e.g. {missing[0]}")
     if not shards:
-        raise ConfigError(f"dataset.root={str(root)!r}: no *.tar shards found (img2dataset --output_format webdataset writes them)")
+        raise ConfigError(f"dataset.root={str(root)!r}: no *.tar shards found "
+                          "(img2dataset --output_format webdataset writes them)")
     test = _expand(test_pattern) if test_pattern else shards[-1:]
     unknown = [s for s in test if not (root / s).is_file()]
     if unknown:
@@ -58,7 +59,7 @@ class Laion400M(StoreDataset):
         return train + test
 
     @classmethod
-    def entries(cls, cfg: Any, shard: str) -> Iterator[Entry | Skipped]:
+    def entries(cls, cfg: Any, shard: str) -> Iterator[RawSample | Skipped]:
         _, test = cls._split_shards(cfg)
         split = "test" if shard in test else "train"
         errors: list[Exception] = []
@@ -75,10 +76,10 @@ class Laion400M(StoreDataset):
             elif not caption:
                 yield Skipped(key, "missing: no caption (.txt)")
             else:
-                yield Entry(key, split, sample["jpg"], [caption])
+                yield RawSample(key, split, sample["jpg"], [caption])
         for err in errors:
             yield Skipped(f"{shard}", f"tar: {type(err).__name__}: {err}")
 
     @classmethod
-    def decode(cls, cfg: Any, entry: Entry) -> dict[str, Any]:
+    def decode(cls, cfg: Any, entry: RawSample) -> dict[str, Any]:
         return {"image": decode_image(entry.source)}

@@ -84,7 +84,7 @@ def _use_gpu(cfg: IndexConfig | DictConfig) -> bool:
         why = "faiss sees no GPU" if has_gpu_build else "faiss-gpu is not installed (this is the faiss-cpu build)"
         raise ConfigError(f"{KEY}.gpu='always' cannot be honoured: {why}; expected auto or never here")
     if gpus and cfg.kind == "hnsw":
-        warnings.warn("faiss has no GPU implementation of HNSW: the pool is built and searched on CPU")
+        warnings.warn("faiss has no GPU implementation of HNSW: the pool is built and searched on CPU", stacklevel=2)
         return False
     return gpus > 0
 

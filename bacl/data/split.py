@@ -55,7 +55,7 @@ class FeatureSplit:
         present = torch.arange(c, device=self._count.device)[None, :] < self._count[:, None]
         return torch.where(present, self._order[slots.clamp_max(self.n_texts - 1)], -1)
 
-    def to(self, device: torch.device | str) -> "FeatureSplit":
+    def to(self, device: torch.device | str) -> FeatureSplit:
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
         split = object.__new__(FeatureSplit)
         split.__dict__.update(moved)

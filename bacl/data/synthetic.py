@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from bacl.errors import require
 from bacl.data.base import FeatureDataset
 from bacl.data.split import FeatureSplit
+from bacl.errors import require
 
 
 @dataclass

@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
-from bacl.errors import require
 from bacl.data.media import CorruptSample, read_audio, video_frames
 from bacl.data.pool import candidate_pool
-from bacl.data.real import (Entry, Skipped, StoreDataset, StoreDatasetConfig, clean_captions,
-                            hash_split)
+from bacl.data.store_dataset import RawSample, Skipped, StoreDataset, StoreDatasetConfig, clean_captions, hash_split
 from bacl.data.webvid10m import shard_start, table_shards
-from bacl.errors import ConfigError
+from bacl.errors import ConfigError, require
 
 CAPTION_FIELDS = ("vast_cap", "vision_cap", "audio_cap")
 
@@ -59,7 +58,7 @@ class Vast27M(StoreDataset):
         return table_shards(len(cls._records(cfg)), cfg.shard_size, "clips")
 
     @classmethod
-    def entries(cls, cfg: Any, shard: str) -> Iterator[Entry | Skipped]:
+    def entries(cls, cfg: Any, shard: str) -> Iterator[RawSample | Skipped]:
         start = shard_start(shard)[1]
         video_dir = cls.root(cfg) / cfg.video_dir
         for record in cls._records(cfg)[start:start + cfg.shard_size]:
@@ -74,10 +73,10 @@ class Vast27M(StoreDataset):
             elif not captions:
                 yield Skipped(key, f"missing: no {cfg.caption_field}")
             else:
-                yield Entry(key, hash_split(key, cfg.test_fraction), (path, str(record.get("subtitle") or "")), captions)
+                yield RawSample(key, hash_split(key, cfg.test_fraction), (path, str(record.get("subtitle") or "")), captions)
 
     @classmethod
-    def decode(cls, cfg: Any, entry: Entry) -> dict[str, Any]:
+    def decode(cls, cfg: Any, entry: RawSample) -> dict[str, Any]:
         path, subtitle = entry.source
         frames = video_frames(path, cfg.frames)
         try:

@@ -2,15 +2,23 @@
 description, fname, tags) and the audio files, <root>/<audio_dir>/<fname>."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
-from bacl.errors import require
 from bacl.data.media import read_audio
-from bacl.data.real import (Entry, Skipped, StoreDataset, StoreDatasetConfig, clean_captions,
-                            hash_split, roberta_encoder)
+from bacl.data.store_dataset import (
+    RawSample,
+    Skipped,
+    StoreDataset,
+    StoreDatasetConfig,
+    clean_captions,
+    hash_split,
+    roberta_encoder,
+)
 from bacl.data.webvid10m import read_table, shard_start, table_shards
 from bacl.encoders import EncoderConfig
+from bacl.errors import require
 
 
 @dataclass
@@ -44,7 +52,7 @@ class WavText5K(StoreDataset):
         return table_shards(len(cls._table(cfg)), cfg.shard_size, "rows")
 
     @classmethod
-    def entries(cls, cfg: Any, shard: str) -> Iterator[Entry | Skipped]:
+    def entries(cls, cfg: Any, shard: str) -> Iterator[RawSample | Skipped]:
         start = shard_start(shard)[1]
         rows = cls._table(cfg).iloc[start:start + cfg.shard_size]
         audio_dir = cls.root(cfg) / cfg.audio_dir
@@ -56,8 +64,8 @@ class WavText5K(StoreDataset):
             elif not captions:
                 yield Skipped(row["fname"], "missing: no caption")
             else:
-                yield Entry(row["fname"], hash_split(row["fname"], cfg.test_fraction), path, captions)
+                yield RawSample(row["fname"], hash_split(row["fname"], cfg.test_fraction), path, captions)
 
     @classmethod
-    def decode(cls, cfg: Any, entry: Entry) -> dict[str, Any]:
+    def decode(cls, cfg: Any, entry: RawSample) -> dict[str, Any]:
         return {"audio": read_audio(entry.source)}

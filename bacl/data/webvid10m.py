@@ -3,16 +3,16 @@ videos as its download script saves them, <video_dir>/<page_dir>/<videoid>.mp4."
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
 
-from bacl.errors import require
 from bacl.data.media import video_frames
-from bacl.data.real import Entry, Skipped, StoreDataset, StoreDatasetConfig
-from bacl.errors import ConfigError
+from bacl.data.store_dataset import RawSample, Skipped, StoreDataset, StoreDatasetConfig
+from bacl.errors import ConfigError, require
 
 COLUMNS = ("videoid", "page_dir", "name")
 
@@ -69,7 +69,7 @@ class WebVid10M(StoreDataset):
         return [s for split in ("train", "test") for s in table_shards(len(cls._table(cfg, split)), cfg.shard_size, split)]
 
     @classmethod
-    def entries(cls, cfg: Any, shard: str) -> Iterator[Entry | Skipped]:
+    def entries(cls, cfg: Any, shard: str) -> Iterator[RawSample | Skipped]:
         split, start = shard_start(shard)
         rows = cls._table(cfg, split).iloc[start:start + cfg.shard_size]
         video_dir = cls.root(cfg) / cfg.video_dir
@@ -80,8 +80,8 @@ class WebVid10M(StoreDataset):
             elif not row.name.strip():
                 yield Skipped(row.videoid, "missing: empty caption")
             else:
-                yield Entry(row.videoid, split, path, [row.name.strip()])
+                yield RawSample(row.videoid, split, path, [row.name.strip()])
 
     @classmethod
-    def decode(cls, cfg: Any, entry: Entry) -> dict[str, Any]:
+    def decode(cls, cfg: Any, entry: RawSample) -> dict[str, Any]:
         return {"frames": video_frames(entry.source, cfg.frames)}

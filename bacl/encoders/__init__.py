@@ -8,9 +8,8 @@ when built; open_clip is imported to check model names and tags (about 3 s, once
 """
 from __future__ import annotations
 
-from bacl.errors import require
 from bacl.encoders.base import EncoderConfig, EncoderUnavailable, FrozenEncoder
-from bacl.errors import ConfigError
+from bacl.errors import ConfigError, require
 from bacl.registry import Entry, Registry
 
 __all__ = ["ENCODERS", "EncoderConfig", "EncoderUnavailable", "FrozenEncoder", "load_encoder", "validate_encoder"]

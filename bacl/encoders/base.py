@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from bacl.errors import require
+from bacl.neutral import neutral
 
 
 @dataclass
@@ -25,7 +26,7 @@ class EncoderConfig:
     cache_dir: Optional[str] = None  # download cache; null: the library's default (HF_HUB_CACHE / HF_HOME)
     text_tokens: int = 32  # text: positions kept, past the caption end too (they attend to the real tokens)
     patch_grid: int = 4  # image: patch tokens average-pooled to patch_grid x patch_grid; 0 keeps every patch
-    batch_size: int = 64
+    batch_size: int = neutral(64)  # inference batch: changes speed, not the features
 
 
 class EncoderUnavailable(RuntimeError):

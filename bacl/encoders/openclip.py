@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from bacl.errors import require
 from bacl.encoders.base import FrozenEncoder, fixed_init, unavailable
+from bacl.errors import require
 
 TINY = "bacl-tiny-vit"  # random-init test model: 32 px images, 4x4 patches, width 64, 2 layers
 open_clip.add_model_config(Path(__file__).with_name(f"{TINY}.json"))

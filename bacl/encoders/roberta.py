@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from bacl.errors import require
 from bacl.encoders.base import FrozenEncoder, fixed_init, from_hub, require_preset
+from bacl.errors import require
 
 MAX_TOKENS = 512  # RoBERTa's 514 positions less the two its position ids skip
 

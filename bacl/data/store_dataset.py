@@ -11,19 +11,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig
 
-from bacl.errors import require
 from bacl.data.base import FeatureDataset
 from bacl.data.pool import candidate_pool
 from bacl.data.store import FeatureStore, StoreMissing
 from bacl.encoders import EncoderConfig, validate_encoder
-from bacl.errors import ConfigError
+from bacl.errors import ConfigError, require
+from bacl.neutral import neutral, without_neutral
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,9 @@ def roberta_encoder() -> EncoderConfig:
 @dataclass
 class StoreDatasetConfig:
     name: str = ""
-    root: Optional[str] = None  # the dataset as its public tools leave it on disk; null: <data_root>/<name>
-    store: Optional[str] = None  # feature store directory; null: <root>/bacl_features/<config hash>
-    strict: bool = False  # true: a missing or corrupt sample stops the extraction
+    root: Optional[str] = neutral()  # the dataset as its public tools leave it on disk; null: <data_root>/<name>
+    store: Optional[str] = neutral()  # feature store directory; null: <root>/bacl_features/<config hash>
+    strict: bool = neutral(False)  # true: a missing or corrupt sample stops the extraction
     # Every dataset has all three, so that one override (e.g. random weights) fits a sweep over
     # datasets; the encoders its streams do not use are ignored and leave the store path alone.
     vision_encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -53,7 +54,7 @@ class StoreDatasetConfig:
 
 
 @dataclass
-class Entry:
+class RawSample:
     """One sample as listed by its shard: small, so that it pickles cheaply to a loader worker."""
 
     key: str
@@ -88,11 +89,11 @@ class StoreDataset(FeatureDataset):
         raise NotImplementedError
 
     @classmethod
-    def entries(cls, cfg: Any, shard: str) -> Iterator[Entry | Skipped]:
+    def entries(cls, cfg: Any, shard: str) -> Iterator[RawSample | Skipped]:
         raise NotImplementedError
 
     @classmethod
-    def decode(cls, cfg: Any, entry: Entry) -> dict[str, Any]:
+    def decode(cls, cfg: Any, entry: RawSample) -> dict[str, Any]:
         """Raw media of each stream (PIL image, list of frames, (waveform, rate), str); raises CorruptSample."""
         raise NotImplementedError
 
@@ -108,18 +109,17 @@ class StoreDataset(FeatureDataset):
     def root(cls, cfg: Any) -> Path:
         root = Path(cfg.root).expanduser()
         if not root.is_dir():
-            raise ConfigError(f"dataset.root={cfg.root!r}: no such directory (expected {cfg.name} as its tools write it; see docs/datasets.md)")
+            raise ConfigError(f"dataset.root={cfg.root!r}: no such directory "
+                              f"(expected {cfg.name} as its tools write it; see docs/datasets.md)")
         return root
 
     @classmethod
-    def extraction_config(cls, cfg: Any) -> dict:
-        """The part of the config that determines the features (not where they go, nor strictness)."""
-        data = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    def extraction_config(cls, cfg: DictConfig) -> dict:
+        """The part of the config that determines the features: no result-neutral field, no unused encoder."""
+        data = without_neutral(cfg)
         used = {ENCODER_OF_KIND[kind] for kind in cls.STREAMS.values()} | {"text_encoder"}
-        for key in ("root", "store", "strict", *({"vision_encoder", "text_encoder", "audio_encoder"} - used)):
+        for key in {"vision_encoder", "text_encoder", "audio_encoder"} - used:
             data.pop(key, None)
-        for enc in used:
-            data[enc].pop("batch_size", None)
         return data
 
     @classmethod
