@@ -9,22 +9,17 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import submitit
 import torch
 from omegaconf import DictConfig
 
 from bacl.config import load_config
-from bacl.errors import ConfigError
+from bacl.profiles import ClusterProfile
+from bacl.schema import load_structured
 from bacl.trainer import Trainer
-
-PROFILE_KEYS = {
-    "executor", "partition", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min", "nodes",
-    "array_parallelism", "max_array_size", "signal_delay_s", "parallel", "additional_parameters", "max_requeues",
-}
-EXECUTORS = ("local", "slurm", "debug")
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -38,38 +33,25 @@ class TrainJob(submitit.helpers.Checkpointable):
         return {"run_id": trainer.run_id, "status": result["status"], "error": result.get("error")}
 
 
-def validate_profile(profile: DictConfig, path: str) -> None:
-    unknown = set(profile.keys()) - PROFILE_KEYS
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; valid keys: {', '.join(sorted(PROFILE_KEYS))}")
-    if profile.get("executor") not in EXECUTORS:
-        raise ConfigError(f"{path}: executor={profile.get('executor')!r}: valid choices are {', '.join(EXECUTORS)}")
-    for key in ("cpus_per_task", "timeout_min", "max_array_size", "array_parallelism", "nodes"):
-        value = profile.get(key, 1)
-        if not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{path}: {key}={value!r} is out of range: expected a positive integer")
-    for key in ("gpus_per_node", "parallel", "signal_delay_s", "max_requeues"):
-        value = profile.get(key, 0)
-        if not isinstance(value, int) or value < 0:
-            raise ConfigError(f"{path}: {key}={value!r} is out of range: expected an integer >= 0")
-    if float(profile.get("mem_gb", 1)) <= 0:
-        raise ConfigError(f"{path}: mem_gb={profile.get('mem_gb')!r} is out of range: expected > 0")
+def validate_profile(profile: DictConfig, path: str) -> DictConfig:
+    """`profile` (a loaded cluster file) as a checked, read-only ClusterProfile with every default filled in."""
+    return load_structured(ClusterProfile, profile, path)
 
 
 def make_executor(profile: DictConfig, folder: Path, name: str) -> submitit.Executor:
+    """A submitit executor for a validated ClusterProfile; SLURM-only keys are ignored elsewhere."""
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster=profile.executor,
-                                     slurm_max_num_timeout=profile.get("max_requeues", 3))
+                                     slurm_max_num_timeout=profile.max_requeues)
     params = dict(name=name, timeout_min=profile.timeout_min, cpus_per_task=profile.cpus_per_task,
-                  mem_gb=profile.get("mem_gb", 4), nodes=profile.get("nodes", 1),
-                  gpus_per_node=profile.get("gpus_per_node", 0),
-                  tasks_per_node=max(1, profile.get("gpus_per_node", 0)))
+                  mem_gb=profile.mem_gb, nodes=profile.nodes, gpus_per_node=profile.gpus_per_node,
+                  tasks_per_node=max(1, profile.gpus_per_node))
     if profile.executor == "slurm":
         params.update(
             slurm_array_parallelism=profile.array_parallelism,
-            slurm_signal_delay_s=profile.get("signal_delay_s", 90),
-            slurm_additional_parameters=dict(profile.get("additional_parameters") or {}),
+            slurm_signal_delay_s=profile.signal_delay_s,
+            slurm_additional_parameters=dict(profile.additional_parameters),
         )
-        if profile.get("partition"):
+        if profile.partition:
             params["slurm_partition"] = profile.partition
     executor.update_parameters(**params)
     return executor
@@ -102,4 +84,5 @@ def run_throttled(executor: submitit.Executor, jobs_args: list[list[str]], threa
 
 
 def local_parallelism(profile: DictConfig) -> int:
-    return profile.get("parallel", 0) or max(1, (os.cpu_count() or 1) // profile.cpus_per_task)
+    """Runs at once on this machine: the profile's `parallel`, or as many as the cores allow."""
+    return profile.parallel or max(1, (os.cpu_count() or 1) // profile.cpus_per_task)

@@ -1,9 +1,10 @@
 """Sweeps: a documented grid file (× seeds) expanded into validated run configs.
 
-An ablation file `experiments/conf/ablation/<name>.yaml` holds
+An ablation file `experiments/conf/ablation/<name>.yaml` is an `AblationSpec`:
     base:  [key=value, ...]       applied to every run
     grid:  [{axis: [values]}, ...] each entry a cartesian product; the sweep is their union
     seeds: [0, 1, 2]
+`method: all` in a grid entry is every registered method, read when the sweep is expanded.
 A `key=[a,b]` on the command line is one more axis multiplied into every entry; a plain
 `key=value` overrides every run. Runs are named by `run_id` (a hash of the resolved
 config), so expanding the same sweep twice yields the same runs, and duplicates collapse.
@@ -12,19 +13,55 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bacl.config import load_config, parse_overrides, run_id, to_container
-from bacl.errors import ConfigError
-from bacl.registry import DATASETS
-from bacl.results import read_json
+from bacl.errors import ConfigError, require
+from bacl.profiles import ClusterProfile
+from bacl.registry import DATASETS, METHODS
+from bacl.schema import load_structured
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "experiments" / "conf"
-SWEEP_KEYS = {"name", "description", "base", "grid", "seeds"}
+ALL = "all"  # `method: all`: every name in bacl.registry.METHODS
+
+
+@dataclass
+class AblationSpec:
+    """One ablation file: the runs are base + the union of the grid entries' products, × seeds."""
+    name: Optional[str] = None  # informational: the file's name is the sweep's name
+    description: str = ""  # one line: what the sweep measures
+    base: list[str] = field(default_factory=list)  # key=value overrides applied to every run
+    # each entry {axis: [values]} is a cartesian product; the sweep is their union
+    grid: list[dict[str, Any]] = field(default_factory=lambda: [{}])
+    seeds: list[int] = field(default_factory=lambda: [0])  # every grid point runs once per seed
+
+    def check(self, path: str) -> None:
+        require(len(self.grid) > 0, f"{path}: grid", self.grid, "a non-empty list of mappings axis -> [values]")
+        for entry in self.grid:
+            for axis, values in entry.items():
+                if _is_all(axis, values):
+                    continue
+                if not isinstance(values, list) or len(values) == 0:
+                    hint = f" (or {ALL} for method)" if values == ALL else ""
+                    raise ConfigError(f"{path}: grid axis {axis!r} must be a non-empty list{hint}, got {values!r}")
+        require(len(self.seeds) > 0, f"{path}: seeds", self.seeds, "a non-empty list of integers")
+
+
+SCHEMAS = {"ablation": AblationSpec, "cluster": ClusterProfile}
+
+
+def _is_all(axis: str, values: Any) -> bool:
+    return axis == "method" and values in (ALL, [ALL])
+
+
+def _axis_values(axis: str, values: Any) -> list:
+    """The values of one grid axis; `method: all` is read from the registry now, so a new
+    method (one module and one registry line) joins every such sweep without editing YAML."""
+    return METHODS.names() if _is_all(axis, values) else list(values)
 
 
 @dataclass(frozen=True)
@@ -46,38 +83,19 @@ def available(kind: str) -> list[str]:
 
 
 def load_group_file(kind: str, name: str) -> DictConfig:
+    """experiments/conf/<kind>/<name>.yaml, validated by its schema (AblationSpec, ClusterProfile)."""
     path = CONF_DIR / kind / f"{name}.yaml"
     if not path.exists():
         raise ConfigError(f"unknown {kind} {name!r}: valid choices are {', '.join(available(kind))}")
     try:
-        return OmegaConf.load(path)
+        node = OmegaConf.load(path)
     except Exception as err:  # a YAML syntax error: name the file
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return load_structured(SCHEMAS[kind], node, str(path))
 
 
-def load_ablation(name: str) -> dict:
-    path = CONF_DIR / "ablation" / f"{name}.yaml"
-    spec = OmegaConf.to_container(load_group_file("ablation", name))
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{path}: expected a mapping with keys {', '.join(sorted(SWEEP_KEYS))}")
-    unknown = set(spec) - SWEEP_KEYS
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; valid keys: {', '.join(sorted(SWEEP_KEYS))}")
-    spec.setdefault("grid", [{}])
-    spec.setdefault("seeds", [0])
-    spec.setdefault("base", [])
-    if not isinstance(spec["grid"], list) or not all(isinstance(g, dict) for g in spec["grid"]):
-        raise ConfigError(f"{path}: 'grid' must be a list of mappings axis -> [values]")
-    for entry in spec["grid"]:
-        for axis, values in entry.items():
-            if not isinstance(values, list) or len(values) == 0:
-                raise ConfigError(f"{path}: grid axis {axis!r} must be a non-empty list, got {values!r}")
-    seeds = spec["seeds"]
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) for x in seeds):
-        raise ConfigError(f"{path}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
-    if not isinstance(spec["base"], list):
-        raise ConfigError(f"{path}: 'base' must be a list of key=value strings")
-    return spec
+def load_ablation(name: str) -> DictConfig:
+    return load_group_file("ablation", name)
 
 
 def expand(name: str, args: list[str]) -> list[Run]:
@@ -85,16 +103,17 @@ def expand(name: str, args: list[str]) -> list[Run]:
     spec = load_ablation(name)
     cli_axes, cli_fixed = {}, []
     for key, value in parse_overrides(args):
-        if isinstance(value, (list, ListConfig)) and key not in ("eval.ks",):
-            cli_axes[key] = list(value)
+        if (isinstance(value, (list, ListConfig)) and key not in ("eval.ks",)) or _is_all(key, value):
+            cli_axes[key] = _axis_values(key, value)
         else:
             cli_fixed.append(f"{key}={_format(value)}")
     if not any(a.startswith("output_dir=") for a in cli_fixed):
         cli_fixed.append(f"output_dir=results/{name}")
-    base = [str(x) for x in spec["base"]]
+    base = list(spec.base)
+    seeds = list(spec.seeds)
     runs: dict[str, Run] = {}
-    for entry in spec["grid"]:
-        axes = {**entry, **cli_axes, "seed": spec["seeds"]}
+    for entry in OmegaConf.to_container(spec.grid):
+        axes = {**{axis: _axis_values(axis, values) for axis, values in entry.items()}, **cli_axes, "seed": seeds}
         for combo in itertools.product(*axes.values()):
             point = dict(zip(axes, combo))
             overrides = (*base, *(f"{k}={_format(v)}" for k, v in point.items()), *cli_fixed)
@@ -121,12 +140,3 @@ def unextracted(runs: list[Run]) -> list[str]:
         except ConfigError as err:
             messages.append(str(err))
     return messages
-
-
-def run_state(run: Run) -> tuple[str, str | None]:
-    """(done | failed | started | missing, error) from what the run directory holds."""
-    run_dir = Path(run.cfg.output_dir) / run.run_id
-    result = read_json(run_dir / "result.json")
-    if result is not None:
-        return ("done", None) if result.get("status") == "ok" else ("failed", result.get("error"))
-    return ("started", None) if (run_dir / "config.yaml").exists() else ("missing", None)

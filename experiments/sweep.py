@@ -13,29 +13,14 @@ import argparse
 import sys
 from pathlib import Path
 
-import submitit
+from omegaconf import DictConfig
 
 from analysis.aggregate import write_tables
 from analysis.report import draw
-from bacl.launch import (local_parallelism, make_executor, run_throttled, submit_slurm, validate_profile)
 from bacl.errors import ConfigError
-from bacl.results import read_json, write_json
-from bacl.sweep import expand, load_group_file, run_state, unextracted
-
-ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "UNKNOWN"}
-
-
-def _log_tail(path: str | None, lines: int = 8) -> str:
-    if not path or not Path(path).exists():
-        return ""
-    return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
-
-
-def _slurm_state(record: dict, folder: Path) -> str | None:
-    try:
-        return submitit.SlurmJob(folder=folder / "%j", job_id=record["job_id"]).state
-    except Exception:  # no scheduler reachable: treat as unknown
-        return None
+from bacl.launch import local_parallelism, make_executor, run_throttled, submit_slurm
+from bacl.sweep import Run, expand, load_group_file, unextracted
+from bacl.sweep_state import State, SweepJobs
 
 
 def main(argv: list[str]) -> int:
@@ -43,52 +28,23 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--status", action="store_true")
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options may come anywhere among the overrides
     groups = {k: v for k, _, v in (a.partition("=") for a in args.overrides) if k in ("ablation", "cluster")}
     rest = [a for a in args.overrides if a.partition("=")[0] not in ("ablation", "cluster")]
     try:
         if "ablation" not in groups:
             raise ConfigError("missing ablation=<name>")
         profile = load_group_file("cluster", groups.get("cluster", "local"))
-        validate_profile(profile, f"experiments/conf/cluster/{groups.get('cluster', 'local')}.yaml")
         runs = expand(groups["ablation"], rest)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    sweep_dir = Path(runs[0].cfg.output_dir)
-    jobs_path, folder = sweep_dir / "jobs.json", sweep_dir / ".submitit"
-    jobs = read_json(jobs_path) or {}
-    states = {}
-    for run in runs:
-        state, error = run_state(run)
-        if state in ("started", "missing") and profile.executor == "slurm" and run.run_id in jobs:
-            slurm_state = _slurm_state(jobs[run.run_id], folder)
-            if slurm_state in ACTIVE or slurm_state is None:
-                state = "running"
-            else:  # the job ended (cancelled, killed, out of memory...) without writing a result
-                state, error = "failed", f"slurm job {jobs[run.run_id]['job_id']} ended {slurm_state} without a result"
-        states[run.run_id] = (state, error)
-
+    name, sweep_dir = groups["ablation"], Path(runs[0].cfg.output_dir)
+    jobs = SweepJobs.load(sweep_dir)
+    states = {run.run_id: jobs.state(run, slurm=profile.executor == "slurm") for run in runs}
     if args.dry_run or args.status:
-        counts: dict[str, int] = {}
-        for run in runs:
-            state, error = states[run.run_id]
-            counts[state] = counts.get(state, 0) + 1
-            if args.dry_run:
-                action = "skip" if state in ("done", "running") else "submit"
-                axes = " ".join(f"{k}={v}" for k, v in run.axes.items())
-                print(f"{run.run_id}  {state:8s} {action:6s} {axes}")
-            elif state == "failed":
-                record = jobs.get(run.run_id, {})
-                print(f"FAILED {run.run_id} {run.axes}: {error}")
-                tail = _log_tail(record.get("stderr"))
-                if tail:
-                    print("  " + tail.replace("\n", "\n  "))
-        print(f"sweep {groups['ablation']} ({len(runs)} runs in {sweep_dir}): "
-              + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-        for message in unextracted([r for r in runs if states[r.run_id][0] != "done"]) if args.dry_run else []:
-            print(f"warning: {message}")
+        show(name, runs, states, jobs, dry_run=args.dry_run)
         return 0
 
     todo = [run for run in runs if states[run.run_id][0] not in ("done", "running")]
@@ -96,43 +52,73 @@ def main(argv: list[str]) -> int:
     if missing_features:
         print("error: extract the features before training on them:\n  " + "\n  ".join(missing_features), file=sys.stderr)
         return 2
-    print(f"sweep {groups['ablation']}: {len(runs)} runs, {len(runs) - len(todo)} done or running, "
+    print(f"sweep {name}: {len(runs)} runs, {len(runs) - len(todo)} done or running, "
           f"submitting {len(todo)} to {profile.executor}")
     if not todo:
         if profile.executor != "slurm":
             write_tables(sweep_dir)
         return 0
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    executor = make_executor(profile, folder, f"bacl-{groups['ablation']}")
-    job_args = [list(run.overrides) for run in todo]
-    threads = profile.cpus_per_task
     if profile.executor == "slurm":
-        submitted = submit_slurm(executor, job_args, threads, profile.max_array_size)
-        for run, job in zip(todo, submitted):
-            jobs[run.run_id] = {"job_id": job.job_id, "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
-        write_json(jobs_path, jobs)
-        arrays = sorted({job.job_id.split("_")[0] for job in submitted})
-        print(f"submitted arrays {', '.join(arrays)}; follow with: squeue -j {','.join(arrays)}")
-        print(f"check with: python experiments/sweep.py ablation={groups['ablation']} cluster=slurm --status")
-        print(f"tables when done: python analysis/report.py {sweep_dir}")
+        submit(name, todo, profile, jobs)
         return 0
+    return run_here(name, todo, profile, jobs)
 
+
+def show(name: str, runs: list[Run], states: dict[str, State], jobs: SweepJobs, dry_run: bool) -> None:
+    """--dry-run: one line per run with what a real call would do; --status: the failures with their log tail."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        state, error = states[run.run_id]
+        counts[state] = counts.get(state, 0) + 1
+        if dry_run:
+            action = "skip" if state in ("done", "running") else "submit"
+            axes = " ".join(f"{k}={v}" for k, v in run.axes.items())
+            print(f"{run.run_id}  {state:8s} {action:6s} {axes}")
+        elif state == "failed":
+            print(f"FAILED {run.run_id} {run.axes}: {error}")
+            tail = jobs.log_tail(run.run_id)
+            if tail:
+                print("  " + tail.replace("\n", "\n  "))
+    print(f"sweep {name} ({len(runs)} runs in {jobs.sweep_dir}): "
+          + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    for message in unextracted([r for r in runs if states[r.run_id][0] != "done"]) if dry_run else []:
+        print(f"warning: {message}")
+
+
+def submit(name: str, todo: list[Run], profile: DictConfig, jobs: SweepJobs) -> None:
+    """SLURM: job arrays, recorded in jobs.json, and return at once."""
+    executor = make_executor(profile, jobs.folder, f"bacl-{name}")
+    submitted = submit_slurm(executor, [list(run.overrides) for run in todo], profile.cpus_per_task,
+                             profile.max_array_size)
+    for run, job in zip(todo, submitted):
+        jobs.add(run.run_id, job)
+    jobs.save()
+    arrays = sorted({job.job_id.split("_")[0] for job in submitted})
+    print(f"submitted arrays {', '.join(arrays)}; follow with: squeue -j {','.join(arrays)}")
+    print(f"check with: python experiments/sweep.py ablation={name} cluster=slurm --status")
+    print(f"tables when done: python analysis/report.py {jobs.sweep_dir}")
+
+
+def run_here(name: str, todo: list[Run], profile: DictConfig, jobs: SweepJobs) -> int:
+    """Local or debug: run everything, wait, write the tables and figures; 1 if any run failed."""
+    executor = make_executor(profile, jobs.folder, f"bacl-{name}")
     parallel = 1 if profile.executor == "debug" else local_parallelism(profile)
-    finished = run_throttled(executor, job_args, threads, parallel)
-    run_of = {tuple(run.overrides): run.run_id for run in todo}
-    for args_, job in finished:
-        jobs[run_of[tuple(args_)]] = {"job_id": str(job.job_id), "stdout": str(job.paths.stdout),
-                                      "stderr": str(job.paths.stderr)}
-    write_json(jobs_path, jobs)
+    finished = run_throttled(executor, [list(run.overrides) for run in todo], profile.cpus_per_task, parallel)
+    run_of = {run.overrides: run.run_id for run in todo}
+    for args, job in finished:
+        jobs.add(run_of[tuple(args)], job)
+    jobs.save()
     failed = 0
-    for args_, job in finished:
+    for args, job in finished:
         try:
             outcome = job.result()
         except Exception as err:  # the job process itself died
             outcome = {"status": "failed", "error": f"{type(err).__name__}: {str(err)[-500:]}"}
         if outcome["status"] != "ok":
             failed += 1
-            print(f"FAILED {outcome.get('run_id', args_)}: {outcome.get('error')}", file=sys.stderr)
+            print(f"FAILED {outcome.get('run_id', args)}: {outcome.get('error')}", file=sys.stderr)
+    sweep_dir = jobs.sweep_dir
     summary = write_tables(sweep_dir)
     if not summary.empty:
         print(summary.to_markdown(index=False, floatfmt=".2f"))

@@ -2,15 +2,17 @@
 import json
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 import bacl.sweep as sweep
-from bacl.launch import validate_profile
 from bacl.errors import ConfigError
-from bacl.registry import METHODS
+from bacl.launch import validate_profile
+from bacl.registry import METHODS, Entry
+from bacl.trainer import Trainer
 from helpers import TINY, load_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,11 +23,37 @@ def test_every_shipped_ablation_expands():
     assert sizes["schedule"] == (3 + 3) * 3
     assert sizes["alpha"] == 9 * 3 and sizes["beta"] == 5 * 3 and sizes["k"] == 5 * 3
     assert sizes["components"] == 5 * 3 and sizes["rho"] == 3 * 3 * 4 * 3
+    assert sizes["baselines"] == len(METHODS.names()) * 3  # `method: all`
 
 
-def test_baselines_grid_lists_every_registered_method():
-    spec = sweep.load_ablation("baselines")
-    assert sorted(spec["grid"][0]["method"]) == METHODS.names()
+def test_a_new_baseline_is_one_file_plus_one_registry_line(tmp_path, monkeypatch, capsys, tiny_config):
+    """The file: a Method subclass in its own module; the line: its registry entry. Nothing else
+    (no YAML edit) puts it into `ablation=baselines` and lets it train."""
+    (tmp_path / "sweep_test_baseline.py").write_text(textwrap.dedent("""
+        from bacl.method import Method
+
+        class Plain(Method):
+            \"\"\"Symmetric InfoNCE with the base class's defaults, under a new name.\"\"\"
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "sweep_test_baseline", raising=False)
+    monkeypatch.setitem(METHODS._entries, "sweep_test_plain", Entry("sweep_test_baseline:Plain"))
+
+    assert load_cli("sweep")(["ablation=baselines", f"output_dir={tmp_path}/sweep", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("method=sweep_test_plain ") == 3  # one run per seed
+    assert f"({len(METHODS.names()) * 3} runs in" in printed
+
+    result = Trainer(tiny_config("method=sweep_test_plain", "train.epochs=1")).run()
+    assert result["status"] == "ok", result.get("error")
+
+
+def test_method_all_works_as_a_list_and_on_the_command_line(conf, tmp_path):
+    conf("g", "grid:\n  - method: [all]\n")
+    assert sorted(r.axes["method"] for r in sweep.expand("g", [f"output_dir={tmp_path}"])) == METHODS.names()
+    conf("k", "base: [method=bacl]\ngrid:\n  - pool.k: [5, 10]\n")
+    runs = sweep.expand("k", [f"output_dir={tmp_path}", "method=all"])
+    assert len(runs) == 2 * len(METHODS.names())
 
 
 def test_grid_union_product_seeds_and_cli_axis(conf, tmp_path):
@@ -53,9 +81,16 @@ def test_run_ids_are_stable_and_duplicates_collapse(conf, tmp_path):
     ("grid:\n  - pool.k: 5\n", r"grid axis 'pool.k' must be a non-empty list"),
     ("grid:\n  - pool.k: []\n", r"must be a non-empty list"),
     ("grid:\n  - method: [nope]\n", r"unknown method 'nope'"),
-    ("grids:\n  - pool.k: [1]\n", r"unknown key\(s\) grids"),
+    ("grids:\n  - pool.k: [1]\n", r"unknown key\(s\) grids=\[\{'pool.k': \[1\]\}\] \(did you mean grid\?\); valid keys: name, description, base"),
     ("grid:\n  - pool.k: [0]\n", r"pool.k=0"),
-    ("seeds: 3\n", r"'seeds' must be a non-empty list"),
+    ("grid:\n  - pool.k: all\n", r"grid axis 'pool.k' must be a non-empty list \(or all for method\), got 'all'"),
+    ("grid: []\n", r"grid=\[\] is out of range: expected a non-empty list"),
+    ("grid:\n  pool.k: [1]\n", r"grid=\{'pool.k': \[1\]\} is not a list of mappings"),
+    ("seeds: 3\n", r"seeds=3 is not a list of integers"),
+    ("seeds: [a]\n", r"seeds=\['a'\] is not a list of integers"),
+    ("seeds: []\n", r"seeds=\[\] is out of range: expected a non-empty list of integers"),
+    ("base: method=clip\n", r"base='method=clip' is not a list of strings"),
+    ("- pool.k\n", r"expected a mapping, got \['pool.k'\]"),
     ("grid: [\n", r"not valid YAML"),
 ])
 def test_bad_grids_are_rejected_naming_the_key(conf, text, expected):
@@ -74,10 +109,39 @@ def test_unknown_ablation_lists_choices():
     ("executor: slurm\ncpus_per_task: 0\ntimeout_min: 5\n", r"cpus_per_task=0"),
     ("executor: slurm\ncpus_per_task: 1\ntimeout_min: 5\npartitoin: gpu\n", r"unknown key\(s\) partitoin"),
     ("executor: slurm\ncpus_per_task: 1\ntimeout_min: 5\nmem_gb: -1\n", r"mem_gb=-1"),
+    ("executor: slurm\ncpus_per_task: four\n", r"profile.yaml: cpus_per_task='four' is not an integer"),
+    ("executor: slurm\ntimeout_min: 1.5\n", r"timeout_min=1.5 is not an integer"),
+    ("executor: slurm\nadditional_parameters: [qos]\n", r"additional_parameters=\['qos'\] is not a mapping"),
+    ("executor: slurm\npartition: [a, b]\n", r"partition=\['a', 'b'\] is not a string or null"),
+    ("cpus_per_task: 2\n", r"required key executor is missing: valid choices are local, slurm, debug"),
+    ("executor: slurm\npartitoin: gpu\nmem: 4\n",
+     r"unknown key\(s\) partitoin='gpu' \(did you mean partition\?\), mem=4 \(did you mean mem_gb\?\); "
+     r"valid keys: executor, cpus_per_task, .*additional_parameters"),
 ])
 def test_bad_cluster_profiles_are_rejected(text, expected):
     with pytest.raises(ConfigError, match=expected):
         validate_profile(OmegaConf.create(text), "profile.yaml")
+
+
+def test_profile_defaults_fill_in_what_a_file_leaves_out():
+    profile = validate_profile(OmegaConf.create("executor: slurm\npartition: gpu\n"), "p.yaml")
+    assert (profile.partition, profile.mem_gb, profile.max_requeues, profile.signal_delay_s) == ("gpu", 4.0, 3, 90)
+    assert dict(profile.additional_parameters) == {} and profile.nodes == 1
+    for name in sweep.available("cluster"):  # every shipped profile loads
+        assert sweep.load_group_file("cluster", name).executor == name
+
+
+def test_sweep_cli_rejects_a_misspelt_profile_key(conf, tmp_path, capsys, monkeypatch):
+    cluster = tmp_path / "conf" / "cluster"
+    cluster.unlink()
+    cluster.mkdir()
+    (cluster / "site.yaml").write_text("executor: slurm\npartiton: gpu\n")
+    conf("tiny", "grid:\n  - method: [clip]\n")
+    main = load_cli("sweep")
+    assert main(["ablation=tiny", "cluster=site", f"output_dir={tmp_path}/out"]) == 2
+    err = capsys.readouterr().err
+    assert "site.yaml: unknown key(s) partiton='gpu' (did you mean partition?); valid keys: executor," in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_sweep_cli_rejects_bad_profile_before_submitting(tmp_path):

@@ -1,0 +1,41 @@
+"""Cluster profiles: `experiments/conf/cluster/<name>.yaml`, selected with `cluster=<name>`.
+
+A profile says where runs execute and with what resources, so that nothing site-specific
+lives in code. A file sets only what differs from the defaults below; bacl/schema.py
+rejects unknown keys and wrong types, `check` the out-of-range values.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+from bacl.errors import require
+
+EXECUTORS = ("local", "slurm", "debug")
+
+
+@dataclass
+class ClusterProfile:
+    # required: local (subprocesses here), slurm (sbatch arrays through submitit), debug (in-process, pdb works)
+    executor: str = field(default=MISSING, metadata={"choices": EXECUTORS})
+    cpus_per_task: int = 1  # CPUs of each run, also its torch threads
+    timeout_min: int = 60  # each run's time limit; SLURM requeues a run that hits it
+    mem_gb: float = 4  # memory of each run
+    nodes: int = 1
+    gpus_per_node: int = 0  # > 1: one task per GPU, data-parallel over the global batch
+    parallel: int = 0  # local: runs at once; 0 = cores // cpus_per_task
+    partition: Optional[str] = None  # SLURM partition; null: the cluster's default
+    array_parallelism: int = 16  # SLURM: at most this many runs of one array at once
+    max_array_size: int = 1000  # the cluster's MaxArraySize: bigger sweeps are split into several arrays
+    signal_delay_s: int = 90  # SLURM: USR2 this long before the time limit, to checkpoint and requeue
+    max_requeues: int = 3  # SLURM: timeouts after which a run is no longer requeued (preemptions do not count)
+    additional_parameters: dict[str, Any] = field(default_factory=dict)  # extra sbatch options, e.g. {account: x}
+
+    def check(self, path: str) -> None:
+        for key in ("cpus_per_task", "timeout_min", "nodes", "array_parallelism", "max_array_size"):
+            require(getattr(self, key) >= 1, f"{path}: {key}", getattr(self, key), "a positive integer")
+        for key in ("gpus_per_node", "parallel", "signal_delay_s", "max_requeues"):
+            require(getattr(self, key) >= 0, f"{path}: {key}", getattr(self, key), "an integer >= 0")
+        require(self.mem_gb > 0, f"{path}: mem_gb", self.mem_gb, "> 0")
