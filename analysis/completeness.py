@@ -33,7 +33,7 @@ class Expected:
 
 def _content_id(config: dict) -> str | None:
     try:
-        return run_id(OmegaConf.create(config))
+        return run_id(config)
     except (KeyError, ValueError, TypeError):
         return None
 

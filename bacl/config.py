@@ -193,7 +193,14 @@ def to_container(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def run_id(cfg: DictConfig) -> str:
-    """Stable hash of everything that changes the result (fields marked `neutral` do not, bacl/neutral.py)."""
-    blob = json.dumps(without_neutral(cfg), sort_keys=True, separators=(",", ":"))
+def run_id(cfg: DictConfig | dict) -> str:
+    """Stable hash of everything that changes the result (fields marked `neutral` do not, bacl/neutral.py).
+
+    Takes a live config or one read back from a run's `config.yaml`; raises ConfigError for a
+    method or dataset that is not registered.
+    """
+    data = cfg if isinstance(cfg, dict) else to_container(cfg)
+    sections = {"method": METHODS.entry(data["method"]["name"]).load().Config,
+                "dataset": DATASETS.entry(data["dataset"]["name"]).load().Config}
+    blob = json.dumps(without_neutral(data, RunConfig, sections), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -3,15 +3,15 @@
 Where data is read from or results are written to, how many threads run, how large an
 encoder's inference batch is: none of these change what a run computes, so neither a
 run's `run_id` nor a feature store's path may depend on them. A field says so with
-`neutral(default)`; `without_neutral` drops every such field of a config, at any depth, by
-reading the dataclass each OmegaConf node was built from.
+`neutral(default)`; `without_neutral` drops every such field of a config, at any depth,
+by walking the dataclasses the config was declared with (so it works as well on a plain
+dict read back from a run's `config.yaml` as on a live config).
 """
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any
-
-from omegaconf import DictConfig, OmegaConf
 
 NEUTRAL = "result_neutral"
 
@@ -21,22 +21,21 @@ def neutral(default: Any = None) -> Any:
     return dataclasses.field(default=default, metadata={NEUTRAL: True})
 
 
-def neutral_keys(schema: Any) -> set[str]:
-    if not (isinstance(schema, type) and dataclasses.is_dataclass(schema)):
-        return set()
-    return {f.name for f in dataclasses.fields(schema) if f.metadata.get(NEUTRAL)}
+def without_neutral(data: dict, schema: type, sections: dict[str, type] | None = None) -> dict:
+    """`data` (plain containers) less every field `schema` marks neutral, recursively.
 
-
-def without_neutral(cfg: DictConfig) -> dict:
-    """`cfg` as plain containers, less every result-neutral field of every section."""
+    `sections` gives the dataclass of fields typed `Any` in `schema` (the run config's
+    method and dataset sections, whose class depends on the registered name).
+    """
+    if not dataclasses.is_dataclass(schema):
+        return data
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
     out = {}
-    skip = neutral_keys(OmegaConf.get_type(cfg))
-    for key in cfg.keys():
-        if key in skip:
+    for key, value in data.items():
+        field = fields.get(key)
+        if field is not None and field.metadata.get(NEUTRAL):
             continue
-        value = cfg[key]
-        if isinstance(value, DictConfig):
-            out[key] = without_neutral(value)
-        else:
-            out[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        inner = (sections or {}).get(key) or (hints.get(key) if field is not None else None)
+        out[key] = without_neutral(value, inner) if isinstance(value, dict) and inner is not None else value
     return out

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from bacl.config import load_config, run_id
 from bacl.errors import ConfigError
@@ -81,3 +82,5 @@ def test_result_neutral_fields_change_neither_run_id_nor_store_path():
     for changing in ("seed=1", "dataset.vision_encoder.patch_grid=2"):
         assert run_id(load_config([*base, changing])) != run_id(ref), changing
     assert store(load_config([*base, "dataset.vision_encoder.patch_grid=2"]).dataset) != store(ref.dataset)
+    stored = OmegaConf.to_container(OmegaConf.create(OmegaConf.to_yaml(ref)))  # as read back from config.yaml
+    assert run_id(stored) == run_id(ref)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import OmegaConf
 
 from bacl.data.base import FeatureDataset
 from bacl.data.pool import candidate_pool
@@ -114,9 +114,10 @@ class StoreDataset(FeatureDataset):
         return root
 
     @classmethod
-    def extraction_config(cls, cfg: DictConfig) -> dict:
+    def extraction_config(cls, cfg: Any) -> dict:
         """The part of the config that determines the features: no result-neutral field, no unused encoder."""
-        data = without_neutral(cfg)
+        data = without_neutral(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg),
+                               cls.Config)
         used = {ENCODER_OF_KIND[kind] for kind in cls.STREAMS.values()} | {"text_encoder"}
         for key in {"vision_encoder", "text_encoder", "audio_encoder"} - used:
             data.pop(key, None)
