@@ -17,7 +17,7 @@ import pandas as pd
 
 from analysis import figures
 from analysis.aggregate import load_runs, write_tables
-from analysis.claims import Claim, evaluate_claims
+from analysis.claims import Claim, evaluate_claims, metric_notes
 from analysis.completeness import expected_runs, with_expected
 from analysis.display import primary_metric, where
 from analysis.heatmap import first_cla_run
@@ -161,6 +161,20 @@ def write_report(root: Path) -> list[Path]:
                                                   f"boundary_score{suffix}"),
                           f"Mean boundary score of the sampled negatives against training progress ({where(dataset)}); "
                           "BNS should move from easy (low) to hard (near 0).")
+        if mine.get("train/sibling_fraction", pd.Series(dtype=float)).notna().any():
+            report.figure(figures.curve_by_method(mine, "train/sibling_fraction", "share of negatives that are siblings",
+                                                  "BNS sanity check: true ambiguous negatives sampled",
+                                                  report.figures_dir, f"sibling_fraction{suffix}"),
+                          f"Share of sampled negatives that differ from their anchor in exactly one attribute, by "
+                          f"epoch ({where(dataset)}; ground truth of the synthetic world). A curriculum from easy to "
+                          "hard should raise it over training.")
+        if mine.get("train/policy_bs_corr", pd.Series(dtype=float)).notna().any():
+            report.figure(figures.curve_by_method(mine, "train/policy_bs_corr", "corr(learned priority, BS)",
+                                                  "BNS policy against the boundary score", report.figures_dir,
+                                                  f"policy_bs_corr{suffix}"),
+                          f"Within-row correlation of the policy's learned priority with the boundary score, by "
+                          f"epoch ({where(dataset)}): negative means it prefers easy negatives, positive hard ones. "
+                          "A policy that follows the curriculum changes sign with α.")
         if mine.get("eval/margin", pd.Series(dtype=float)).notna().any():
             report.figure(figures.curve_by_method(mine, "eval/margin", "alignment margin (test, cosine)",
                                                   "Margin over training", report.figures_dir, f"margin{suffix}"),
@@ -182,7 +196,8 @@ def write_report(root: Path) -> list[Path]:
     _cla_heatmap(report, runs)
 
     claims = _claims_table(evaluate_claims(runs, curves, sliced, fits[PRIMARY]))
-    report.lines[claims_at:claims_at] = ["## Claims", "", f"*{claims.caption}*", "", claims.markdown(), ""]
+    report.lines[claims_at:claims_at] = ["## Claims", "", metric_notes(), "", f"*{claims.caption}*", "",
+                                         claims.markdown(), ""]
     report.write()
     return report.written
 

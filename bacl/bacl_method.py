@@ -1,19 +1,25 @@
 """BACL = BNS (policy + curriculum + Gumbel selection over FAISS candidates) + CLA.
 
-Policy objective (our reading of "optimised through Gumbel-Softmax with the boundary
-score as reward", docs/paper-gaps.md): logits = b·tanh(π(a, n)) − α(η)·BS/τ, with τ the
-contrastive temperature so BS is in logit units and b bounds the learned part; a straight-through
-Gumbel sample picks the negatives, and the policy maximises the curriculum-signed reward
-−α(η)·BS of what it picked. Early (α > 0) that favours easy negatives, late (α < 0) hard
-ones. The selection enters the contrastive loss only as indices, so the contrastive loss
-never teaches the policy to pick easy negatives; the policy learns from its reward alone.
+Selection logits (our reading, docs/paper-gaps.md): b·tanh(π(a, n, BS, α, η)) − α(η)·BS/τ,
+with τ the contrastive temperature so BS is in logit units and b bounding the learned part;
+a straight-through Gumbel sample picks the negatives. The paper says the policy is
+"optimised through Gumbel-Softmax with the boundary score as reward"; two readings:
+- `conditioned` (default): the reward is the curriculum-signed −α(η)·BS of what it picked,
+  and the policy sees α and η, so its learned priority can follow the curriculum from
+  "prefer easy" (α > 0) to "prefer hard" (α < 0) instead of carrying one sign throughout;
+- `literal`: the reward is BS itself (always "prefer hard") and the curriculum acts only
+  through the −α·BS/τ term of the logits.
+`policy.weight = 0` drops the policy network: selection is curriculum + Gumbel noise only
+(`bns_curriculum_only`), so the policy's own contribution gets a verdict. The selection
+enters the contrastive loss only as indices, so the policy learns from its reward alone.
+CLA compares the positive with the hardest pool candidate by boundary score
+(`cla.negative=hardest`, the same negative in `cla_only` and `bacl`), or with BNS's pick.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from bacl.batch import Batch, Negatives
 from bacl.cla import cla_loss
@@ -30,6 +36,7 @@ class PolicyConfig:
     gumbel_tau: float = 1.0
     weight: float = 1.0  # weight of the policy's reward objective
     bound: float = 2.0  # |π| <= bound: the learned priority modulates the curriculum, never overrides it
+    reading: str = "conditioned"  # conditioned: reward −α·BS, α and η as inputs | literal: reward BS
 
 
 @dataclass
@@ -38,7 +45,7 @@ class ClaConfig:
     beta: float = 1.0  # gain on ΔA
     top: int = 1  # |Ω|: query/key pairs with the largest ΔA per sample
     lambda_local: float = 0.3  # the paper's λ_local
-    itm_weight: float = 0.0  # optional match loss on (positive, hardest negative); 0 = the paper's objective
+    negative: str = "hardest"  # hardest: the top pool candidate by boundary score | selected: BNS's pick
 
 
 @dataclass
@@ -49,9 +56,16 @@ class BACLConfig(MethodConfig):
     cla: ClaConfig = field(default_factory=ClaConfig)
 
 
+POLICY_READINGS = ("conditioned", "literal")
+CLA_NEGATIVES = ("hardest", "selected")
+
+
 class BACL(Method):
     Config = BACLConfig
     NEGATIVES = ("bns", "hardest", "uniform")
+    SCORED = ("bns", "hardest")
+    TRAINING_ONLY_TERMS = ("policy_loss",)  # it trains the sampler, which no evaluated score uses
+    TRAINING_ONLY_PARAMETERS = (*Method.TRAINING_ONLY_PARAMETERS, "policy.")
 
     @classmethod
     def resolve(cls, cfg) -> None:
@@ -64,7 +78,13 @@ class BACL(Method):
         require(cfg.cla.beta >= 0, "method.cla.beta", cfg.cla.beta, ">= 0")
         require(cfg.cla.top > 0, "method.cla.top", cfg.cla.top, "> 0")
         require(cfg.cla.lambda_local >= 0, "method.cla.lambda_local", cfg.cla.lambda_local, ">= 0")
-        require(cfg.cla.itm_weight >= 0, "method.cla.itm_weight", cfg.cla.itm_weight, ">= 0")
+        for key, value, choices in (("policy.reading", cfg.policy.reading, POLICY_READINGS),
+                                    ("cla.negative", cfg.cla.negative, CLA_NEGATIVES)):
+            if value not in choices:
+                raise ConfigError(f"method.{key}={value!r}: valid choices are {', '.join(choices)}")
+        if cfg.cla.enabled and cfg.cla.negative == "hardest" and cfg.negatives not in cls.SCORED:
+            raise ConfigError(f"method.cla.negative=hardest needs scored candidates: method.negatives="
+                              f"{cfg.negatives!r} must be one of {', '.join(cls.SCORED)}")
         if not cfg.negatives_in_contrast and not cfg.cla.enabled:
             raise ConfigError("method.negatives_in_contrast=false with method.cla.enabled=false leaves the "
                               "sampled negatives unused: enable one of them")
@@ -72,8 +92,14 @@ class BACL(Method):
     def __init__(self, cfg, *args, **kwargs):
         super().__init__(cfg, *args, **kwargs)
         self.curriculum = Curriculum(**cfg.schedule)
-        if cfg.negatives == "bns":
-            self.policy = PolicyNet(self.model.head["text"].out_features, cfg.policy.hidden)
+        self.policy = None
+        if cfg.negatives == "bns" and cfg.policy.weight > 0:
+            context = 2 if cfg.policy.reading == "conditioned" else 0
+            self.policy = PolicyNet(self.model.head["text"].out_features, cfg.policy.hidden, context)
+
+    @property
+    def trains_cross_attention(self) -> bool:
+        return self.reranks or self.cfg.cla.enabled
 
     def select_negatives(self, batch: Batch, img: torch.Tensor, txt: torch.Tensor, step: int,
                          progress: float) -> tuple[Negatives | None, dict[str, torch.Tensor]]:
@@ -82,44 +108,46 @@ class BACL(Method):
         candidates = self.candidates(batch)
         scores = self.candidate_scores(img, txt, candidates, step)  # detached
         alpha = self.curriculum.alpha(progress)
-        bank = self.bank.lookup(candidates)
         # BS in logit units (× 1/temperature), the scale at which the contrastive loss sees it
-        curriculum = -alpha * self.logit_scale.detach() * scores
-        logits = self.cfg.policy.bound * torch.tanh(self.policy(img.detach(), bank, scores)) + curriculum
+        logits = -alpha * self.logit_scale.detach() * scores
+        terms: dict[str, torch.Tensor] = {"alpha": torch.tensor(alpha)}
+        if self.policy is not None:
+            context = (torch.tensor([alpha, progress], device=scores.device)
+                       if self.cfg.policy.reading == "conditioned" else None)
+            priority = self.cfg.policy.bound * torch.tanh(
+                self.policy(img.detach(), self.bank.lookup(candidates), scores, context))
+            logits = logits + priority
+            terms["policy_bs_corr"] = row_correlation(priority.detach(), scores)
         noise = batch.draw(candidates.shape[1:], self.rng["sampling"])
-        pick = gumbel_topk_st(logits, self.cfg.policy.gumbel_tau, self.cfg.num_negatives, noise)
-        reward = -alpha * scores
         m = self.cfg.num_negatives
+        pick = gumbel_topk_st(logits, self.cfg.policy.gumbel_tau, m, noise)
+        if self.policy is not None:  # a loss term and statistics (keys ending in _loss are summed)
+            reward = -alpha * scores if self.cfg.policy.reading == "conditioned" else scores
+            terms["policy_loss"] = -self.cfg.policy.weight * (pick * reward).sum(dim=1).mean() / m
         chosen = pick.detach().topk(m, dim=1).indices
-        terms = {  # a loss term and a statistic (keys ending in _loss are summed into the objective)
-            "policy_loss": -self.cfg.policy.weight * (pick * reward).sum(dim=1).mean() / m,
-            "alpha": torch.tensor(alpha),
-        }
-        return Negatives(torch.gather(candidates, 1, chosen), torch.gather(scores, 1, chosen)), terms
+        hardest = candidates.gather(1, scores.argmax(dim=1, keepdim=True)).squeeze(1)
+        return Negatives(torch.gather(candidates, 1, chosen), torch.gather(scores, 1, chosen), hardest=hardest), terms
 
     def extra_losses(self, batch: Batch, vision: Encoded, text: Encoded, negatives: Negatives | None
                      ) -> dict[str, torch.Tensor]:
         cla = self.cfg.cla
         if not cla.enabled or negatives is None:
             return {}
-        rows = torch.arange(negatives.captions.shape[0], device=negatives.captions.device)
-        pick = negatives.scores.argmax(dim=1)
-        if negatives.shared is not None:  # encoded for the contrastive loss: reuse
-            hardest = negatives.shared[rows, pick]
+        if cla.negative == "hardest":
+            captions, state = negatives.hardest, None
         else:
+            captions, state = negatives.first()
+        if state is None:
             with torch.set_grad_enabled(self.cfg.negative_grad):
-                hardest = self.model.shared(self.train_split.text[negatives.captions[rows, pick]].float(), "text")
-        # positives and hardest negatives against the same images
-        queries = torch.cat([text.shared, hardest])
-        if cla.itm_weight > 0:
-            match, attn = self.model.cross(queries, torch.cat([vision.hidden, vision.hidden]))
-        else:  # the map is all CLA needs
-            match, attn = None, self.model.cross_map(queries, vision.hidden)
-        attn_pos, attn_neg = attn.chunk(2)
+                state = self.model.shared(self.train_split.text[captions].float(), "text")
+        # the positive and the negative caption against the same images: only the map is needed
+        attn_pos, attn_neg = self.model.cross_map(torch.cat([text.shared, state]), vision.hidden).chunk(2)
         local, delta = cla_loss(attn_pos[:, 1:], attn_neg[:, 1:], cla.beta, cla.top)  # CLS query excluded
-        out = {"local_loss": cla.lambda_local * local.mean(), "delta_a": delta.detach().mean()}
-        if match is not None:
-            match_pos, match_neg = match.chunk(2)
-            target = torch.cat([torch.ones_like(match_pos), torch.zeros_like(match_neg)])
-            out["itm_loss"] = cla.itm_weight * F.binary_cross_entropy_with_logits(match, target)
-        return out
+        return {"local_loss": cla.lambda_local * local.mean(), "delta_a": delta.detach().mean()}
+
+
+def row_correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of the Pearson correlation of two [b, k] tensors (0 for a constant row)."""
+    x, y = x - x.mean(dim=1, keepdim=True), y - y.mean(dim=1, keepdim=True)
+    denom = (x.norm(dim=1) * y.norm(dim=1)).clamp_min(1e-12)
+    return ((x * y).sum(dim=1) / denom).mean()

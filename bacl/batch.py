@@ -30,3 +30,10 @@ class Negatives:
     captions: torch.Tensor  # [b, m] caption indices into the training split
     scores: torch.Tensor | None  # [b, m] boundary scores, when known
     shared: torch.Tensor | None = None  # [b, m, 1+Lt, W] their text state, when they were encoded
+    hardest: torch.Tensor | None = None  # [b] the pool candidate with the highest boundary score, when scored
+
+    def first(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """([b] caption, [b, 1+Lt, W] state or None) of each anchor's top negative: highest score, else the first."""
+        col = self.scores.argmax(dim=1) if self.scores is not None else torch.zeros_like(self.captions[:, 0])
+        rows = torch.arange(self.captions.shape[0], device=self.captions.device)
+        return self.captions[rows, col], None if self.shared is None else self.shared[rows, col]

@@ -63,6 +63,7 @@ class TrainConfig:
 class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
     every_epochs: int = 1
+    rerank_k: int = 16  # dual-encoder shortlist per query re-scored by the match head (ALBEF's k_test); 0: off
 
 
 @dataclass
@@ -149,6 +150,7 @@ def _validate_common(cfg: DictConfig) -> None:
     require(1 <= m.cross_layers <= m.layers, "model.cross_layers", m.cross_layers, f"in [1, model.layers={m.layers}]")
     require(0 <= m.dropout < 1, "model.dropout", m.dropout, "in [0, 1)")
     require(all(k > 0 for k in cfg.eval.ks), "eval.ks", list(cfg.eval.ks), "positive integers")
+    require(cfg.eval.rerank_k >= 0, "eval.rerank_k", cfg.eval.rerank_k, ">= 0 (0 disables re-ranking)")
 
 
 def load_config(args: Iterable[str] = ()) -> DictConfig:

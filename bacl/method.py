@@ -5,12 +5,20 @@ the candidate pool join the image->text denominator. Baselines override one narr
 `select_negatives` (which negatives), `direction_loss` (the per-query loss) or
 `direction_weights` (how the two directions are mixed). Output keys ending in `_loss`
 are summed into the objective (open_clip's convention); the other keys are statistics.
+
+Every method also trains the cross-modal match head (ALBEF's ITM) on its own negatives
+when `itm_weight > 0`: each anchor's caption against its image (a match) and the method's
+top negative caption against the same image (no match); in-batch methods take an in-batch
+hard negative sampled in proportion to softmax(similarity / temperature), as ALBEF does.
+That match score re-ranks the dual-encoder shortlist at evaluation (`rerank_*` metrics),
+so the cross-attention every arm trains is judged, and arms differ only in what they add.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
@@ -31,18 +39,24 @@ MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on 1 / temperature
 @dataclass
 class MethodConfig:
     name: str = ""
-    negatives: str = "in_batch"  # in_batch | uniform | hardest (| bns for BACL)
+    negatives: str = "in_batch"  # in_batch | uniform | uniform_data | hardest (| bns for BACL)
     num_negatives: int = 1  # pool negatives per anchor
     negatives_in_contrast: bool = True  # do pool negatives join the InfoNCE denominator?
     init_temperature: float = 0.07
     learn_temperature: bool = True
     negative_grad: bool = False  # backpropagate through the pool negatives' text pass (False: one forward each)
     bank_refresh_steps: int = 0  # bank rows not rewritten by training for this many steps are re-encoded; 0: an epoch
+    itm_weight: float = 1.0  # weight of the match (ITM) loss on the method's own negatives; 0: no match head training
 
 
 class Method(nn.Module):
     Config = MethodConfig
-    NEGATIVES: tuple[str, ...] = ("in_batch", "uniform", "hardest")
+    NEGATIVES: tuple[str, ...] = ("in_batch", "uniform", "uniform_data", "hardest")
+    SCORED: tuple[str, ...] = ("hardest",)  # negative kinds that need the candidate-score bank
+    # Terms and parameters that shape training but reach no evaluated score by design
+    # (tests/test_gradient_reach.py checks every other term and parameter does; the report lists these).
+    TRAINING_ONLY_TERMS: tuple[str, ...] = ()
+    TRAINING_ONLY_PARAMETERS: tuple[str, ...] = ("model.logit_scale",)  # the temperature scales training logits only
 
     @classmethod
     def resolve(cls, cfg) -> None:
@@ -53,6 +67,7 @@ class Method(nn.Module):
         require(cfg.num_negatives > 0, "method.num_negatives", cfg.num_negatives, "> 0")
         require(0 < cfg.init_temperature, "method.init_temperature", cfg.init_temperature, "> 0")
         require(cfg.bank_refresh_steps >= 0, "method.bank_refresh_steps", cfg.bank_refresh_steps, ">= 0")
+        require(cfg.itm_weight >= 0, "method.itm_weight", cfg.itm_weight, ">= 0")
 
     def __init__(self, cfg, model: AlignmentModel, train: FeatureSplit, pool: torch.Tensor, seed: int,
                  refresh_every: int, world: World = World()):
@@ -69,7 +84,7 @@ class Method(nn.Module):
         self.model.logit_scale.requires_grad_(cfg.learn_temperature)
         self.rng = Generators({"sampling": seed + 1})  # captions, pool draws and Gumbel noise
         self.bank = (EmbeddingBank(train.n_texts, model.head["text"].out_features, refresh_every)
-                     if cfg.negatives not in ("in_batch", "uniform") else None)  # only scored negatives need it
+                     if cfg.negatives in self.SCORED else None)  # only scored negatives need it
 
     def batch(self, global_items: torch.Tensor) -> Batch:
         """This rank's rows of a global batch of items, each with a randomly drawn caption."""
@@ -84,14 +99,17 @@ class Method(nn.Module):
                          progress: float) -> tuple[Negatives | None, dict[str, torch.Tensor]]:
         if self.cfg.negatives == "in_batch":
             return None, {}
-        candidates = self.candidates(batch)  # [b, k]
         m = self.cfg.num_negatives
+        if self.cfg.negatives == "uniform_data":
+            return Negatives(self.uniform_data_captions(batch, m), None), {}
+        candidates = self.candidates(batch)  # [b, k]
         if self.cfg.negatives == "uniform":
             pick = batch.draw(candidates.shape[1:], self.rng["sampling"]).argsort(dim=1)[:, :m]
             return Negatives(torch.gather(candidates, 1, pick), None), {}
         scores = self.candidate_scores(img, txt, candidates, step)
         top = scores.topk(m, dim=1)
-        return Negatives(torch.gather(candidates, 1, top.indices), top.values), {}
+        return Negatives(torch.gather(candidates, 1, top.indices), top.values, hardest=candidates.gather(
+            1, top.indices[:, :1]).squeeze(1)), {}
 
     def direction_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """[b, C] logits, positive of row i in column labels[i] -> [b] per-query loss."""
@@ -110,6 +128,57 @@ class Method(nn.Module):
         """[b, k] one random caption of each FAISS candidate item of each local anchor."""
         drawn = self.train_split.random_caption(self.pool[batch.global_items], self.rng["sampling"])
         return drawn[batch.rows]
+
+    def uniform_data_captions(self, batch: Batch, m: int) -> torch.Tensor:
+        """[b, m] captions of items drawn uniformly from the whole training set, the anchor's own excluded.
+
+        Theorem 4.2's uniform sampling is over the data, not over a FAISS pool of neighbours.
+        """
+        n = self.train_split.n_items
+        u = torch.rand((batch.global_items.shape[0], m), generator=self.rng["sampling"]).to(batch.global_items.device)
+        other = (u * (n - 1)).long().clamp_max(n - 2)
+        items = other + (other >= batch.global_items[:, None]).long()  # skip the anchor's own index
+        return self.train_split.random_caption(items, self.rng["sampling"])[batch.rows]
+
+    @property
+    def reranks(self) -> bool:
+        """Whether the trained match head re-ranks retrieval at evaluation (it is trained only with ITM)."""
+        return self.cfg.itm_weight > 0
+
+    @property
+    def trains_cross_attention(self) -> bool:
+        """Whether any term trains the cross-attention, so its maps (AEL, the heat map) mean something."""
+        return self.reranks
+
+    def sibling_fraction(self, batch: Batch, negatives: Negatives) -> torch.Tensor | None:
+        """Share of sampled negatives whose item differs from the anchor's in exactly one attribute (synthetic only)."""
+        attributes = self.train_split.attributes
+        if attributes is None:
+            return None
+        negative_items = self.train_split.text_item[negatives.captions]  # [b, m]
+        differing = (attributes[negative_items] != attributes[batch.items][:, None]).sum(dim=-1)
+        return (differing == 1).float().mean()
+
+    def match_loss(self, batch: Batch, vision: Encoded, text: Encoded, negatives: Negatives | None
+                   ) -> dict[str, torch.Tensor]:
+        """ITM: BCE of the match score on (caption, its image) = 1 and (the top negative, that image) = 0."""
+        if not self.reranks:
+            return {}
+        if negatives is None:  # in-batch: sample a hard negative from the gathered batch (ALBEF)
+            all_txt, all_shared = self.world.gather(text.embedding), self.world.gather(text.shared)
+            sims = self.logit_scale.detach() * (vision.embedding.detach() @ all_txt.detach().T)
+            own = torch.arange(batch.rows.start, batch.rows.stop, device=sims.device)
+            sims[torch.arange(sims.shape[0], device=sims.device), own] = float("-inf")
+            gumbel = -torch.log(-torch.log(batch.draw(sims.shape[1:], self.rng["sampling"]).clamp(1e-10, 1 - 1e-10)))
+            neg_shared = all_shared[(sims + gumbel).argmax(dim=1)]
+        else:
+            captions, neg_shared = negatives.first()
+            if neg_shared is None:
+                with torch.set_grad_enabled(self.cfg.negative_grad):
+                    neg_shared = self.model.shared(self.train_split.text[captions].float(), "text")
+        match, _ = self.model.cross(torch.cat([text.shared, neg_shared]), torch.cat([vision.hidden, vision.hidden]))
+        target = torch.cat([torch.ones(len(neg_shared)), torch.zeros(len(neg_shared))]).to(match.device)
+        return {"itm_loss": self.cfg.itm_weight * F.binary_cross_entropy_with_logits(match, target)}
 
     def candidate_scores(self, img: torch.Tensor, txt: torch.Tensor, candidates: torch.Tensor,
                          step: int) -> torch.Tensor:
@@ -150,6 +219,8 @@ class Method(nn.Module):
             negatives.shared = encoded.shared.view(b, m, *encoded.shared.shape[1:])
         if negatives is not None and negatives.scores is not None:
             out["boundary_score"] = negatives.scores.mean()
+        if negatives is not None and (siblings := self.sibling_fraction(batch, negatives)) is not None:
+            out["sibling_fraction"] = siblings
         if self.bank is not None:  # one gather for every caption this step encoded
             captions, embeddings = batch.captions, txt
             if neg is not None:
@@ -157,6 +228,7 @@ class Method(nn.Module):
                 embeddings = torch.cat([embeddings, neg.flatten(0, 1)])
             self.bank.write(self.world.gather(captions), self.world.gather(embeddings.detach()), step)
         out["contrastive_loss"] = self.contrastive(img, txt, neg, batch.rows)
+        out.update(self.match_loss(batch, vision, text, negatives))
         out.update(self.extra_losses(batch, vision, text, negatives))
         out["temperature"] = 1.0 / self.logit_scale.detach()
         return out

@@ -42,7 +42,9 @@ class Registry:
 
 # One line per method. Presets are dotted keys inside the method's own config.
 METHODS = Registry("method", {
-    "clip": Entry("baselines.clip:CLIP"),
+    "clip": Entry("baselines.clip:CLIP", {"itm_weight": 0.0}),  # the paper's CLIP: dual encoder only
+    "clip_itm": Entry("baselines.clip:CLIP"),  # + the match head on in-batch hard negatives (ALBEF)
+    "uniform_data": Entry("baselines.uniform_hn:UniformHardNegatives", {"negatives": "uniform_data"}),
     "uniform_hn": Entry("baselines.uniform_hn:UniformHardNegatives"),
     "hardest": Entry("baselines.uniform_hn:UniformHardNegatives", {"negatives": "hardest"}),
     "hcl": Entry("baselines.hcl:HCL"),
@@ -53,6 +55,7 @@ METHODS = Registry("method", {
     "bns_only": Entry("bacl.bacl_method:BACL", {"cla.enabled": False}),
     "cla_only": Entry("bacl.bacl_method:BACL", {"negatives": "hardest", "negatives_in_contrast": False}),
     "bns_no_curriculum": Entry("bacl.bacl_method:BACL", {"schedule.kind": "constant"}),
+    "bns_curriculum_only": Entry("bacl.bacl_method:BACL", {"policy.weight": 0.0}),
 })
 
 # Presets here are dotted keys of the whole run config (a dataset may suit a smaller model).

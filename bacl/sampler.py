@@ -29,13 +29,20 @@ def gumbel_topk_st(logits: torch.Tensor, tau: float, m: int, u: torch.Tensor) ->
 
 
 class PolicyNet(nn.Module):
-    """The BNS priority network: a 2-layer MLP over (anchor ⊙ candidate, sim, BS)."""
+    """The BNS priority network: a 2-layer MLP over (anchor ⊙ candidate, sim, BS[, context]).
 
-    def __init__(self, dim: int, hidden: int):
+    `context` features are the same for every candidate (the curriculum's α and the training
+    progress η, in the conditioned reading), so a learned priority can change sign with α.
+    """
+
+    def __init__(self, dim: int, hidden: int, context: int = 0):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim + 2, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.net = nn.Sequential(nn.Linear(dim + 2 + context, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
-    def forward(self, anchor: torch.Tensor, candidates: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def forward(self, anchor: torch.Tensor, candidates: torch.Tensor, scores: torch.Tensor,
+                context: torch.Tensor | None = None) -> torch.Tensor:
         sim = torch.einsum("bd,bkd->bk", anchor, candidates)
-        features = torch.cat([anchor[:, None] * candidates, sim[..., None], scores[..., None]], dim=-1)
-        return self.net(features).squeeze(-1)
+        parts = [anchor[:, None] * candidates, sim[..., None], scores[..., None]]
+        if context is not None:
+            parts.append(context.to(scores.dtype).expand(*scores.shape, -1))
+        return self.net(torch.cat(parts, dim=-1)).squeeze(-1)

@@ -169,9 +169,11 @@ class Trainer:
                       "train": {k: v / self.steps_per_epoch for k, v in self.epoch_sums.items()}}
             last_epoch = self.step == self.total_steps
             if main and (last_epoch or (epoch + 1) % cfg.eval.every_epochs == 0):
-                metrics = evaluate(self.method.model, self.test_split, cfg.eval.ks, self.dataset.extra_metrics)
+                metrics = evaluate(self.method.model, self.test_split, cfg.eval.ks, self.dataset.extra_metrics,
+                                   rerank_k=cfg.eval.rerank_k if self.method.reranks else 0,
+                                   cross_attention=self.method.trains_cross_attention)
                 record["eval"] = metrics
-            if main and last_epoch:  # what the report's CLA heat map draws
+            if main and last_epoch and self.method.trains_cross_attention:  # what the report's CLA heat map draws
                 write_attention_example(self.method.model, self.test_split, self.run_dir / ATTENTION_EXAMPLE)
             if main:
                 append_jsonl(metrics_path, record)

@@ -1,7 +1,8 @@
 """Negatives from the same FAISS pool as BACL, with no policy and no curriculum.
 
 `uniform_hn` draws them uniformly from the k candidates; the `hardest` preset takes the
-top boundary scores (VSE++-style max violation over the pool).
+top boundary scores (VSE++-style max violation over the pool); the `uniform_data` preset
+draws them uniformly from the whole training set (Theorem 4.2's uniform sampling).
 """
 from dataclasses import dataclass
 
@@ -15,4 +16,4 @@ class UniformHardNegativesConfig(MethodConfig):
 
 class UniformHardNegatives(Method):
     Config = UniformHardNegativesConfig
-    NEGATIVES = ("uniform", "hardest")
+    NEGATIVES = ("uniform", "hardest", "uniform_data")

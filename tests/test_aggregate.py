@@ -73,7 +73,8 @@ def test_report_draws_every_figure_from_real_runs(tiny_config, tmp_path):
             Trainer(tiny_config(f"method={method}", f"pool.k={k}", f"seed={seed}", f"output_dir={out}")).run()
     written = write_report(out)
     names = {p.stem for p in written if p.parent.name == "figures"}
-    assert names == {"schedule_alpha", "boundary_score", "margin", "i2t_r1_by_method", "ael_by_method",
+    assert names == {"schedule_alpha", "boundary_score", "sibling_fraction", "policy_bs_corr", "margin",
+                     "i2t_r1_by_method", "ael_by_method",
                      "ambiguous_acc_by_method", "i2t_r1_vs_pool.k", "cla_heatmap"}
     assert all(p.stat().st_size > 1000 for p in written if p.suffix in (".png", ".pdf"))
     report = (out / "report" / "report.md").read_text()

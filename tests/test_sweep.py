@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_every_shipped_ablation_expands():
     sizes = {name: len(sweep.expand(name, [])) for name in sweep.available("ablation")}
-    assert sizes["schedule"] == (3 + 3) * 3
+    assert sizes["schedule"] == (3 + 3 + 2 + 2 + 2) * 3  # shapes, then one parameter at a time
     assert sizes["alpha"] == 9 * 3 and sizes["beta"] == 5 * 3 and sizes["k"] == 5 * 3
-    assert sizes["components"] == 5 * 3 and sizes["rho"] == 3 * 3 * 4 * 3
+    assert sizes["components"] == (8 + 1) * 3 and sizes["rho"] == 4 * 3 * 4 * 3
     assert sizes["baselines"] == len(METHODS.names()) * 3  # `method: all`
 
 

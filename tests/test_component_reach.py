@@ -1,0 +1,87 @@
+"""Re-ranked retrieval, the ITM negatives, uniform-over-data negatives, the sibling fraction and
+a policy that can follow the curriculum, each against an independent reference."""
+import torch
+
+from bacl.bacl_method import row_correlation
+from bacl.evaluate import evaluate
+from bacl.sampler import PolicyNet, gumbel_topk_st
+
+
+def test_reranked_retrieval_equals_a_per_query_loop(tiny_method):
+    method = tiny_method("method=clip_itm")
+    model, split = method.model.eval(), method.train_split
+    k = 5
+    ours = evaluate(model, split, [1, 5], rerank_k=k)
+    with torch.no_grad():
+        img = model.encode(split.vision.float(), "vision")
+        txt = model.encode(split.text.float(), "text")
+        dual = img.embedding @ txt.embedding.T
+        hits = []
+        for i in range(split.n_items):
+            short = dual[i].topk(k).indices.tolist()
+            match = {c: float(model.cross(txt.shared[[c]], img.hidden[[i]])[0]) for c in short}
+            order = sorted(short, key=lambda c: -match[c]) + [c for c in dual[i].argsort(descending=True).tolist()
+                                                               if c not in short]
+            hits.append(int(split.text_item[order[0]]) == i)
+    assert abs(ours["rerank_i2t_R@1"] - 100 * sum(hits) / len(hits)) < 1e-9
+    assert ours["rerank_i2t_R@5"] >= ours["rerank_i2t_R@1"] and "rerank_t2i_R@1" in ours
+    assert "rerank_i2t_R@1" not in evaluate(model, split, [1], rerank_k=0)
+
+
+def test_uniform_data_negatives_cover_the_data_and_never_the_anchor(tiny_method):
+    method = tiny_method("method=uniform_data", "method.num_negatives=6")
+    n = method.train_split.n_items
+    counts = torch.zeros(n)
+    for start in range(0, 60 * 12, 12):
+        items = torch.arange(start, start + 12) % n
+        batch = method.batch(items)
+        negatives, _ = method.select_negatives(batch, None, None, 0, 0.0)
+        neg_items = method.train_split.text_item[negatives.captions]
+        assert not (neg_items == items[:, None]).any()
+        counts += torch.bincount(neg_items.flatten(), minlength=n)
+    expected = counts.sum() / n  # uniform over items: 60 draws each, a Poisson-like spread
+    assert (counts > 0).float().mean() > 0.99 and (counts - expected).abs().max() < 5 * expected.sqrt()
+
+
+def test_sibling_fraction_counts_negatives_one_attribute_away(tiny_method):
+    method = tiny_method("method=hardest", "method.num_negatives=3")
+    batch = method.batch(torch.arange(12))
+    out = method(batch, step=0, progress=0.0)
+    negatives, _ = method.select_negatives(batch, *(method.model.encode(x, m).embedding for x, m in
+                                                   ((batch.vision, "vision"), (batch.text, "text"))), 0, 0.0)
+    attrs, item_of = method.train_split.attributes.tolist(), method.train_split.text_item.tolist()
+    siblings = [sum(a != b for a, b in zip(attrs[anchor], attrs[item_of[c]])) == 1
+                for anchor, row in zip(batch.items.tolist(), negatives.captions.tolist()) for c in row]
+    assert abs(float(out["sibling_fraction"]) - sum(siblings) / len(siblings)) < 1e-6
+
+
+def policy_after_training(context: bool, alpha: float, steps: int = 300) -> float:
+    """Correlation of a trained policy's priority with BS, at curriculum value `alpha`."""
+    torch.manual_seed(0)
+    policy = PolicyNet(dim=4, hidden=32, context=2 if context else 0)
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(1)
+
+    def features(a: float):
+        anchor, cands = torch.randn(64, 4, generator=g), torch.randn(64, 8, 4, generator=g)
+        bs = torch.randn(64, 8, generator=g)
+        ctx = torch.tensor([a, 0.0 if a > 0 else 1.0]) if context else None
+        return anchor, cands, bs, ctx
+    for step in range(steps):
+        a = 0.5 if step % 2 else -0.5  # the curriculum's two regimes, interleaved
+        anchor, cands, bs, ctx = features(a)
+        pick = gumbel_topk_st(policy(anchor, cands, bs, ctx), 1.0, 1, torch.rand(bs.shape, generator=g))
+        loss = -(pick * (-a * bs)).sum(dim=1).mean()  # the conditioned reading's reward −α·BS
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    anchor, cands, bs, ctx = features(alpha)
+    with torch.no_grad():
+        return float(row_correlation(policy(anchor, cands, bs, ctx), bs))
+
+
+def test_a_policy_that_sees_alpha_follows_the_curriculum_sign():
+    assert policy_after_training(True, +0.5) < -0.5  # early: prefer easy negatives (low BS)
+    assert policy_after_training(True, -0.5) > 0.5  # late: prefer hard ones
+    # without α it cannot tell the phases apart: the two rewards cancel and it learns no preference
+    assert abs(policy_after_training(False, +0.5)) < 0.2
