@@ -42,6 +42,10 @@ class PoolConfig:
     k: int = 20  # candidates per anchor
     modality: str = "vision"  # frozen space in which neighbours are searched: vision | text
     index: IndexConfig = field(default_factory=IndexConfig)  # FAISS index: exact by default
+    # Real datasets only (docs/datasets.md): candidates above this frozen cosine to the anchor are its
+    # near-duplicates (false negatives) and dropped; 1.0 disables. The synthetic dataset ignores both keys.
+    duplicate_threshold: float = 0.95
+    drop_same_caption: bool = True  # real datasets: drop candidates with a caption identical to the anchor's
 
 
 @dataclass
@@ -134,6 +138,8 @@ def _validate_common(cfg: DictConfig) -> None:
     require(cfg.pool.k > 0, "pool.k", cfg.pool.k, "a positive integer")
     require(cfg.pool.modality in ("vision", "text"), "pool.modality", cfg.pool.modality, "vision or text")
     validate_index(cfg.pool.index)
+    require(0 < cfg.pool.duplicate_threshold <= 1, "pool.duplicate_threshold", cfg.pool.duplicate_threshold,
+            "a cosine in (0, 1]: candidates above it are dropped as near-duplicates of the anchor; 1.0 disables")
     t = cfg.train
     require(t.epochs > 0, "train.epochs", t.epochs, "> 0")
     require(t.batch_size > 1, "train.batch_size", t.batch_size, "> 1 (in-batch negatives need two items)")

@@ -5,7 +5,8 @@ and preprocessed in DataLoader workers (the expensive, parallel part), encoded i
 by the frozen encoders and written atomically; shards already in the store are skipped,
 so an interrupted extraction resumes where it stopped, and a SLURM array task `i` of `n`
 takes shards i, i+n, i+2n, ... Once every shard exists, the train split's candidate pool
-is built with FAISS and stored next to the features.
+is built with FAISS (without each anchor's duplicates) and stored next to the features, and
+test items that duplicate training items are listed for exclusion (bacl/data/dedup.py).
 """
 from __future__ import annotations
 
@@ -23,13 +24,15 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from bacl.config import load_config
+from bacl.data.dedup import find_test_duplicates
 from bacl.data.media import CorruptSample, resample
-from bacl.data.pool import candidate_pool
-from bacl.data.store import FeatureStore, ShardArrays
+from bacl.data.pool import filter_signature, pool_counts
+from bacl.data.store import FeatureStore, ShardArrays, caption_hash
 from bacl.data.store_dataset import ENCODER_OF_KIND, RawSample, Skipped, StoreDataset
 from bacl.encoders import FrozenEncoder, load_encoder
 from bacl.errors import ConfigError
 from bacl.registry import DATASETS
+from bacl.results import read_json
 
 log = logging.getLogger(__name__)
 MODALITY_OF_KIND = {"image": "image", "video": "image", "audio": "audio", "text": "text"}
@@ -45,6 +48,7 @@ class Prepared:
     split: str
     streams: dict[str, torch.Tensor]  # encoder inputs per stream
     captions: list[torch.Tensor]
+    caption_hashes: list[int]  # caption_hash of each caption, for the duplicate tests
 
 
 class _Samples(Dataset):
@@ -74,7 +78,8 @@ class _Samples(Dataset):
             else:
                 streams[name] = enc.preprocess(raw[name])
         text = self.encoders["captions"]
-        return Prepared(entry.key, entry.split, streams, [text.preprocess(c) for c in entry.captions])
+        return Prepared(entry.key, entry.split, streams, [text.preprocess(c) for c in entry.captions],
+                        [caption_hash(c) for c in entry.captions])
 
 
 @dataclass
@@ -132,7 +137,7 @@ def extract_shard(dataset_cls: type[StoreDataset], cfg: Any, shard: str, towers:
             entries.append(e)
     loader = DataLoader(_Samples(dataset_cls, cfg, entries, towers), batch_size=batch_size,
                         num_workers=workers, collate_fn=list)
-    keys, splits, text_item = [], [], []
+    keys, splits, text_item, text_hash = [], [], [], []
     parts: dict[str, list] = {}
     for batch in tqdm(loader, desc=f"shard {shard}", unit="batch", leave=False, disable=None):
         ok = [p for p in batch if isinstance(p, Prepared)]
@@ -144,6 +149,7 @@ def extract_shard(dataset_cls: type[StoreDataset], cfg: Any, shard: str, towers:
         streams, text_tokens, text_pooled = encode_batch(dataset_cls, ok, towers)
         for p in ok:
             text_item += [len(keys)] * len(p.captions)
+            text_hash += p.caption_hashes
             keys.append(p.key)
             splits.append(p.split)
         for name, (t, pooled) in streams.items():
@@ -157,7 +163,8 @@ def extract_shard(dataset_cls: type[StoreDataset], cfg: Any, shard: str, towers:
     return ShardArrays(keys=keys, splits=splits,
                        streams={n: (cat[f"{n}.tokens"], cat[f"{n}.pooled"]) for n in dataset_cls.STREAMS},
                        text_tokens=cat["text.tokens"], text_pooled=cat["text.pooled"],
-                       text_item=np.asarray(text_item, dtype=np.int64), skipped=skipped)
+                       text_item=np.asarray(text_item, dtype=np.int64), skipped=skipped,
+                       text_hash=np.asarray(text_hash, dtype=np.int64))
 
 
 def open_store(cfg: DictConfig) -> tuple[type[StoreDataset], FeatureStore, list[str]]:
@@ -187,17 +194,64 @@ def extract_features(cfg: DictConfig, task: int = 0, tasks: int = 1, workers: in
     return store
 
 
+def add_caption_hashes(dataset_cls: type[StoreDataset], cfg: Any, store: FeatureStore) -> list[str]:
+    """Shards extracted before caption hashes were stored get them from a listing pass (no decoding)."""
+    done = []
+    for shard in store.manifest["shards"]:
+        if store.has_caption_hashes(shard):
+            continue
+        captions = {e.key: e.captions for e in dataset_cls.entries(cfg, shard) if isinstance(e, RawSample)}
+        keys = read_json(store.path / "shards" / shard / "items.json")["keys"]
+        store.write_caption_hashes(shard, np.asarray([caption_hash(c) for k in keys for c in captions[k]], dtype=np.int64))
+        done.append(shard)
+    return done
+
+
 def build_pool(cfg: DictConfig) -> FeatureStore:
-    """The train split's candidate pool (pool.k, pool.modality, pool.index of the run config)."""
+    """After the last shard: the train split's candidate pool without each anchor's duplicates (pool.k,
+    pool.modality, pool.index, pool.duplicate_threshold, pool.drop_same_caption of the run config) and
+    the test items that duplicate training items (dataset.dedup_threshold, dataset.dedup_same_caption,
+    searched with pool.index), both stored."""
     dataset_cls, store, _ = open_store(cfg)
     missing = store.missing_shards()
     if missing:
         raise DataError(f"{store.path}: {len(missing)} shard(s) still missing (first: {missing[0]}); "
                         "run the extraction again to finish them before building the pool")
+    added = add_caption_hashes(dataset_cls, cfg.dataset, store)
+    if added:
+        log.warning("%s: added caption hashes to %d shard(s) extracted without them", store.path, len(added))
     train = store.split("train")
-    pool = candidate_pool(train.pooled(cfg.pool.modality), cfg.pool.k, cfg.pool.index)
-    store.save_pool("train", cfg.pool.modality, pool.numpy(), cfg.pool.index)
+    pool, meta = dataset_cls.build_pool(store, train, cfg.pool)
+    store.save_pool("train", cfg.pool.modality, pool.numpy(), cfg.pool.index, meta)
+    store.save_dedup(find_test_duplicates(store, cfg.dataset.dedup_threshold, cfg.dataset.dedup_same_caption,
+                                          cfg.pool.index))
     return store
+
+
+def _above(threshold: float) -> str:
+    return f"cosine > {threshold}" if threshold < 1.0 else "by cosine: test off"
+
+
+def summary(cfg: DictConfig, store: FeatureStore) -> list[str]:
+    """What extract.py prints after the pool: duplicates removed from the pool and the test split, warnings."""
+    dataset_cls = DATASETS.entry(cfg.dataset.name).load()
+    stored = store.load_pool("train", cfg.pool.modality, cfg.pool.k, cfg.pool.index,
+                             filter_signature(cfg.pool.duplicate_threshold, cfg.pool.drop_same_caption))
+    lines = []
+    if stored is not None:
+        c = pool_counts(stored[1], cfg.pool.k, stored[0].shape[0])
+        lines.append(f"pool: {c['pool_dropped']} of {c['pool_candidates']} nearest candidates were duplicates of their "
+                     f"anchor and replaced ({c['pool_near_duplicate']} {_above(c['pool_duplicate_threshold'])}, "
+                     f"{c['pool_same_caption']} same caption; {c['pool_anchors_with_duplicates']} anchors had some); "
+                     f"{c['pool_filled']} slots filled with duplicates for lack of other items")
+    record = store.load_dedup(dataset_cls.dedup_signature(cfg.dataset))
+    if record is not None:
+        c = record["counts"]
+        lines.append(f"test split: {c['test_removed']} of {c['test_items_extracted']} items excluded as duplicates of "
+                     f"training items ({c['test_removed_same_caption']} same caption, {c['test_removed_near_duplicate']} "
+                     f"{_above(record['signature']['dedup_threshold'])})")
+    lines += [f"warning: {w}" for w in dataset_cls.pretraining_warnings(cfg.dataset)]
+    return lines
 
 
 class ExtractJob(submitit.helpers.Checkpointable):
@@ -210,4 +264,7 @@ class ExtractJob(submitit.helpers.Checkpointable):
 
 class PoolJob(submitit.helpers.Checkpointable):
     def __call__(self, overrides: list[str]) -> str:
-        return str(build_pool(load_config(overrides)).path)
+        cfg = load_config(overrides)
+        store = build_pool(cfg)
+        print("\n".join(summary(cfg, store)))  # into the job's log
+        return str(store.path)

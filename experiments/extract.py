@@ -18,7 +18,7 @@ import time
 from bacl.config import load_config
 from bacl.encoders import EncoderUnavailable
 from bacl.errors import ConfigError
-from bacl.extract import DataError, ExtractJob, PoolJob, build_pool, extract_features, open_store
+from bacl.extract import DataError, ExtractJob, PoolJob, build_pool, extract_features, open_store, summary
 from bacl.launch import make_executor, validate_profile
 from bacl.sweep import load_group_file
 
@@ -85,6 +85,7 @@ def main(argv: list[str]) -> int:
     rate = n["samples"] / seconds if n["samples"] else 0.0
     print(f"{store.path}: {n['shards']} shard(s) extracted now ({n['samples']} samples, {rate:.1f} samples/s); "
           f"pool built; counts {store.counts()}")
+    print("\n".join(summary(cfg, store)))
     return 0
 
 

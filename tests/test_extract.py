@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import subprocess
 import sys
 import tarfile
@@ -11,12 +12,15 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from bacl import extract as extract_mod
 from bacl.config import load_config
 from bacl.data import fixtures, media
-from bacl.data.store import FeatureStore
+from bacl.data.dedup import excluded_keys, find_test_duplicates
+from bacl.data.pool import candidate_pool, filter_signature, pool_counts
+from bacl.data.store import FeatureStore, StoreMissing, caption_hash
 from bacl.data.store_dataset import hash_split
 from bacl.data.vast27m import match_classification
 from bacl.encoders.base import fixed_init
@@ -32,6 +36,9 @@ CLAP = ["dataset.audio_encoder.model=tiny", "dataset.audio_encoder.pretrained=nu
 ROBERTA = ["dataset.text_encoder.name=roberta", "dataset.text_encoder.model=tiny", "dataset.text_encoder.pretrained=null"]
 TRAIN = ["model.width=32", "model.heads=2", "model.layers=2", "train.batch_size=8", "train.epochs=2",
          "train.threads=1", "pool.k=3"]
+# Random weights put every embedding close together (cosines 0.96-0.999 on the fixtures), so a frozen-cosine
+# duplicate test would call everything a duplicate: only identical captions are filtered with them.
+NO_EMBEDDING_DEDUP = ["pool.duplicate_threshold=1.0", "dataset.dedup_threshold=1.0"]
 
 # name -> (fixture writer kwargs, overrides, the key of the corrupt sample, its reason kind)
 CASES = {
@@ -43,7 +50,7 @@ CASES = {
 
 
 def overrides(name: str, root, *extra: str) -> list[str]:
-    return [f"dataset={name}", f"dataset.root={root}", *CASES[name][1], *TRAIN, *extra]
+    return [f"dataset={name}", f"dataset.root={root}", *CASES[name][1], *TRAIN, *NO_EMBEDDING_DEDUP, *extra]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +81,8 @@ def test_extract_then_train_end_to_end(extracted, tmp_path, name):
     result = trainer.run()
     assert result["status"] == "ok", result.get("error")
     assert result["data"]["skipped_total"] == 1 and result["data"]["train_items"] == counts["train_items"]
-    assert result["data"]["test_items"] == counts["test_items"]
+    assert result["data"]["test_items"] == counts["test_items"] and result["data"]["test_removed"] == 0
+    assert result["data"]["warnings"] == [] and result["data"]["pool_anchors"] == counts["train_items"]
     assert 0 <= result["metrics"]["i2t_R@1"] <= 100 and "t2i_nDCG@10" in result["metrics"]
     if name == "vast27m":
         assert {"cls_accuracy", "cls_f1", "cls_recall"} <= set(result["metrics"])
@@ -175,12 +183,14 @@ def test_store_refuses_features_of_another_config(tmp_path):
 def test_stored_pool_is_reused_only_when_it_matches(extracted):
     _, cfg, store = extracted["laion400m"]
     pool = cfg.pool
-    stored = store.load_pool("train", "vision", 3, pool.index)
-    assert stored is not None and stored.shape[1] == 3
-    assert store.load_pool("train", "vision", 2, pool.index).equal(stored[:, :2])
-    assert store.load_pool("train", "vision", 4, pool.index) is None  # more neighbours than stored
+    sig = filter_signature(pool.duplicate_threshold, pool.drop_same_caption)
+    stored, meta = store.load_pool("train", "vision", 3, pool.index, sig)
+    assert stored.shape[1] == 3 and meta["duplicate_threshold"] == 1.0 and meta["drop_same_caption"]
+    assert store.load_pool("train", "vision", 2, pool.index, sig)[0].equal(stored[:, :2])
+    assert store.load_pool("train", "vision", 4, pool.index, sig) is None  # more neighbours than stored
     ivf = load_config(overrides("laion400m", cfg.dataset.root, "pool.index.kind=ivf")).pool.index
-    assert store.load_pool("train", "vision", 3, ivf) is None
+    assert store.load_pool("train", "vision", 3, ivf, sig) is None
+    assert store.load_pool("train", "vision", 3, pool.index, filter_signature(0.95, True)) is None  # another filter
 
 
 def test_streams_of_a_trimodal_item_sit_in_disjoint_channel_blocks(extracted):
@@ -243,6 +253,10 @@ def test_extract_cli_reports_and_exit_codes(tmp_path):
     ok = subprocess.run(args, capture_output=True, text=True, cwd=REPO)
     assert ok.returncode == 0, ok.stderr
     assert "2 shard(s) extracted now (16 samples" in ok.stdout and "'skipped_total': 1" in ok.stdout
+    # random weights at the default thresholds: every frozen cosine is above 0.95, so everything is a "duplicate"
+    assert "test split: 8 of 8 items excluded as duplicates of training items (0 same caption, 8 cosine > 0.95)" in ok.stdout
+    assert "pool: 21 of 21 nearest candidates were duplicates" in ok.stdout and "21 slots filled" in ok.stdout
+    assert "warning:" not in ok.stdout
     again = subprocess.run(args, capture_output=True, text=True, cwd=REPO)
     assert again.returncode == 0 and "0 shard(s) extracted now" in again.stdout
     bad = subprocess.run([*args, "extract.workers=-1"], capture_output=True, text=True, cwd=REPO)
@@ -270,3 +284,151 @@ def test_main_grid_covers_four_datasets_and_refuses_unextracted_data(tmp_path):
     sweep = subprocess.run([sys.executable, str(REPO / "experiments" / "sweep.py"), "ablation=main", "cluster=slurm",
                             f"data_root={tmp_path}", f"output_dir={tmp_path / 'runs'}"], capture_output=True, text=True, cwd=REPO)
     assert sweep.returncode == 2 and "extract the features" in sweep.stderr and not (tmp_path / "runs").exists()
+
+
+# ---- duplicates: planted in a LAION fixture, dropped from the pool, excluded from the test split -------------
+EXACT = 0.99999  # random weights: distinct fixture images reach cosine 0.99994, byte-identical ones 1.0
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """The LAION fixture with LAION_PLANTED duplicates, extracted once with tiny random encoders."""
+    root = fixtures.laion400m(tmp_path_factory.mktemp("planted"), n=24, per_shard=8, plant_duplicates=True)
+    cfg = load_config(overrides("laion400m", root, f"pool.duplicate_threshold={EXACT}", f"dataset.dedup_threshold={EXACT}"))
+    store = extract_features(cfg)
+    build_pool(cfg)
+    return root, cfg, store
+
+
+def _row(store, split: str, item: int) -> int:
+    return store.keys(split).index(fixtures.laion_key(item, 8))
+
+
+@pytest.mark.parametrize("modality, pair", [("vision", "train_same_image"), ("text", "train_same_caption")])
+def test_planted_duplicates_are_dropped_from_the_pool(planted, modality, pair):
+    root, cfg, store = planted
+    if modality != "vision":
+        cfg = load_config(overrides("laion400m", root, f"pool.duplicate_threshold={EXACT}",
+                                    f"dataset.dedup_threshold={EXACT}", f"pool.modality={modality}"))
+        build_pool(cfg)
+    k = cfg.pool.k
+    train = store.split("train")
+    x = F.normalize(train.pooled(modality).double(), dim=1)
+    sims = x @ x.T
+    hashes, text_item = store.caption_hashes("train")
+    same = torch.zeros(train.n_items, train.n_items, dtype=torch.bool)  # one caption per LAION item
+    same[torch.from_numpy(text_item)[:, None], torch.from_numpy(text_item)[None, :]] = torch.from_numpy(
+        hashes[:, None] == hashes[None, :])
+    duplicate = ((sims > EXACT) | same).fill_diagonal_(False)
+    a, b = (_row(store, "train", i) for i in fixtures.LAION_PLANTED[pair])
+    assert duplicate[a, b] and duplicate[b, a]
+
+    # the failure: without the filter, the planted copy is its source's nearest candidate
+    raw = candidate_pool(train.pooled(modality), k)
+    assert raw[a, 0] == b and raw[b, 0] == a
+
+    pool, meta = store.load_pool("train", modality, k, cfg.pool.index, filter_signature(EXACT, True))
+    assert not torch.gather(duplicate, 1, pool).any() and b not in pool[a] and a not in pool[b]
+    order = sims.fill_diagonal_(-float("inf")).argsort(dim=1, descending=True)[:, :-1]
+    expected = torch.stack([row[~duplicate[i, row]][:k] for i, row in enumerate(order)])
+    # a brute-force reference, up to the order of candidates whose cosines differ by less than float32 resolves
+    assert torch.allclose(torch.gather(sims, 1, pool), torch.gather(sims, 1, expected), atol=1e-5)
+    counts = pool_counts(meta, k, train.n_items)
+    raw_dup = torch.gather(duplicate, 1, raw)
+    assert counts["pool_dropped"] == int(raw_dup.sum()) >= 2 and counts["pool_filled"] == 0
+    assert counts["pool_same_caption"] == int(torch.gather(same, 1, raw).sum())
+    assert counts["pool_near_duplicate"] == int(torch.gather((sims > EXACT).fill_diagonal_(False), 1, raw).sum())
+    if modality == "text":
+        assert counts["pool_same_caption"] >= 2
+
+
+def test_planted_duplicates_leave_the_test_split(planted, tmp_path):
+    root, cfg, store = planted
+    record = store.load_dedup({"dedup_threshold": EXACT, "dedup_same_caption": True})
+    planted_keys = {kind: fixtures.laion_key(copy, 8) for kind, (_, copy) in fixtures.LAION_PLANTED.items()}
+    # brute force: test items above the threshold with some training item, in float64 torch
+    train, test = store.item_pooled("train"), store.item_pooled("test")
+    best = (F.normalize(torch.from_numpy(test).double(), dim=1) @ F.normalize(torch.from_numpy(train).double(), dim=1).T).max(1)
+    near = {store.keys("test")[i] for i in torch.nonzero(best.values > EXACT).flatten().tolist()}
+    assert near == {planted_keys["test_same_image"]}
+    assert {e["key"] for e in record["excluded"]} == {
+        planted_keys["test_same_image"], planted_keys["test_same_caption"], planted_keys["test_same_caption_up_to_case"]}
+    assert record["counts"] == {"test_items_extracted": 8, "test_removed": 3, "test_removed_same_caption": 2,
+                                "test_removed_near_duplicate": 1}
+    source = {e["key"]: e["train_key"] for e in record["excluded"]}
+    assert source[planted_keys["test_same_image"]] == fixtures.laion_key(fixtures.LAION_PLANTED["test_same_image"][0], 8)
+
+    dataset = DATASETS.entry("laion400m").load()(cfg.dataset)
+    assert dataset.test.n_items == 5 and not set(planted_keys.values()) & set(store.keys("test", excluded_keys(record)))
+    result = Trainer(load_config(overrides("laion400m", root, f"pool.duplicate_threshold={EXACT}",
+                                           f"dataset.dedup_threshold={EXACT}", "train.epochs=1",
+                                           f"output_dir={tmp_path}"))).run()
+    assert result["status"] == "ok", result.get("error")
+    data = result["data"]
+    assert data["test_items"] == 5 and data["test_items_extracted"] == 8 and data["test_removed"] == 3
+    assert data["test_removed_same_caption"] == 2 and data["test_removed_near_duplicate"] == 1
+    assert data["dedup_threshold"] == EXACT and data["pool_duplicate_threshold"] == EXACT
+    assert data["pool_dropped"] >= 2 and data["pool_filled"] == 0 and data["warnings"] == []
+
+
+def test_all_test_items_duplicates_is_a_named_error(planted, tmp_path):
+    """Random weights at the default threshold 0.95: every test item is a 'near-duplicate'."""
+    root, _, store = planted
+    record = find_test_duplicates(store, 0.95, True)
+    assert record["counts"]["test_removed"] == 8
+    store.save_dedup(record)
+    cfg = load_config(overrides("laion400m", root, "dataset.dedup_threshold=0.95", f"output_dir={tmp_path}"))
+    with pytest.raises(ConfigError, match=r"dataset\.dedup_threshold=0\.95.*all 8 test items.*dataset\.dedup_threshold=1\.0"):
+        Trainer(cfg).build()
+    other = load_config(overrides("laion400m", root, "dataset.dedup_threshold=0.9"))
+    with pytest.raises(ConfigError, match=r"no test-split deduplication with dataset\.dedup_threshold=0\.9 .*extract\.py"):
+        Trainer(other).build()
+
+
+def test_pretraining_overlap_is_warned_in_result_json(planted, tmp_path, caplog):
+    root, cfg, store = planted
+    laion = DATASETS.entry("laion400m").load()
+    assert laion.pretraining_warnings(cfg.dataset) == []  # random weights (pretrained null)
+    # the default encoders (open_clip ViT-B-16 / laion400m_e32) over the same store: no weights are loaded to train
+    default = load_config(["dataset=laion400m", f"dataset.root={root}", f"dataset.store={store.path}", *TRAIN,
+                           f"pool.duplicate_threshold={EXACT}", f"dataset.dedup_threshold={EXACT}", "train.epochs=1",
+                           f"output_dir={tmp_path}"])
+    warnings = laion.pretraining_warnings(default.dataset)
+    assert len(warnings) == 1 and "dataset.vision_encoder and dataset.text_encoder" in warnings[0]
+    assert "pretrained=laion400m_e32" in warnings[0] and "laion400m" in warnings[0]
+    with caplog.at_level(logging.WARNING):
+        result = Trainer(default).run()
+    assert result["status"] == "ok" and result["data"]["warnings"] == warnings
+    assert any("pretraining overlap" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("dataset, encoder, tag, warns", [
+    ("laion400m", "open_clip", "laion400m_e31", True),
+    ("laion400m", "open_clip", "laion2b_s34b_b88k", True),
+    ("laion400m", "open_clip", "frozen_laion5b_s13b_b90k", True),
+    ("laion400m", "open_clip", "openai", False),
+    ("laion400m", "open_clip", "datacomp_xl_s13b_b90k", False),
+    ("laion400m", "open_clip", None, False),
+    ("webvid10m", "open_clip", "laion400m_e32", False),
+    ("laion400m", "roberta", "laion400m_e32", False),
+])
+def test_pretraining_table(dataset, encoder, tag, warns):
+    from types import SimpleNamespace
+
+    from bacl.encoders.pretraining import overlap_warnings
+    enc = SimpleNamespace(name=encoder, model="ViT-B-16", pretrained=tag)
+    assert bool(overlap_warnings(dataset, {"dataset.vision_encoder": enc})) == warns
+
+
+def test_caption_hashes_are_added_to_shards_extracted_without_them(tmp_path):
+    root = fixtures.laion400m(tmp_path / "laion", n=16, per_shard=8)
+    cfg = load_config(overrides("laion400m", root))
+    store = extract_features(cfg)
+    path = store.path / "shards" / "00000.tar" / "text_hash.npy"
+    before = np.load(path)
+    path.unlink()  # a shard written before caption hashes were stored
+    with pytest.raises(StoreMissing, match="no caption hashes"):
+        store.caption_hashes("train")
+    build_pool(cfg)
+    assert np.array_equal(np.load(path), before)
+    assert before[0] == caption_hash(fixtures._caption(0)) == caption_hash(f"  {fixtures._caption(0).upper()} ")

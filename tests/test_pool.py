@@ -6,7 +6,17 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from bacl.data.pool import IndexConfig, build_index, candidate_pool, search_pool, validate_index
+from bacl.data import pool as pool_module
+from bacl.data.pool import (
+    CaptionSets,
+    IndexConfig,
+    build_index,
+    candidate_pool,
+    filtered_candidate_pool,
+    pool_counts,
+    search_pool,
+    validate_index,
+)
 from bacl.errors import ConfigError
 
 N = 400
@@ -183,3 +193,127 @@ def test_ivfpq_recall_grows_with_its_code_size():
 def test_ivfpq_code_size_must_divide_the_width():
     with pytest.raises(ConfigError, match=r"pool.index.pq_m=5 .*divisor of the embedding width 32"):
         candidate_pool(_clustered(300), 5, IndexConfig(kind="ivfpq", nlist=4, pq_m=5))
+
+
+# ---- duplicate filtering ---------------------------------------------------------------------------
+def _with_duplicates(n: int = 300, d: int = 16, seed: int = 0) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Random items, some exact copies and some near copies of others, and one caption per item of
+    which some are shared: (embeddings, caption hashes [N], item of each caption [N])."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    x[10:20] = x[0:10]  # exact copies
+    x[20:30] = x[0:10] + 0.05 * torch.randn(10, d, generator=g)  # near copies, cosine about 0.999
+    x[40:100] = x[30]  # one item copied 60 times: more duplicates than the first search depth (2k + 1)
+    hashes = np.arange(n, dtype=np.int64) * 7919
+    x[200:210] = x[100:110] + 0.6 * torch.randn(10, d, generator=g)  # close (cosine about 0.85), not duplicates...
+    hashes[200:210] = hashes[100:110]  # ...but with the same caption
+    return x, hashes, np.arange(n)
+
+
+def _brute_force_filtered(x: torch.Tensor, duplicate: torch.Tensor, k: int) -> tuple[torch.Tensor, dict]:
+    """The first k non-duplicates of each anchor by float64 cosine, and the duplicates of the unfiltered top k."""
+    xn = F.normalize(x.double(), dim=1)
+    sims = (xn @ xn.T).fill_diagonal_(-float("inf"))
+    order = sims.argsort(dim=1, descending=True, stable=True)[:, :-1]  # the anchor (at -inf) last, dropped
+    pool = torch.stack([row[~duplicate[i, row]][:k] for i, row in enumerate(order)])
+    raw_dup = torch.gather(duplicate, 1, order[:, :k])
+    return pool, {"dropped": int(raw_dup.sum()), "anchors_with_duplicates": int(raw_dup.any(1).sum())}
+
+
+@pytest.mark.parametrize("k, max_depth", [(3, 1024), (10, 1024), (10, 30)])
+def test_filtered_pool_equals_brute_force(k, max_depth, monkeypatch):
+    """max_depth=30: the anchors with 60 copies are searched past it, exactly (as GPU indexes need past 2048)."""
+    monkeypatch.setattr(pool_module, "MAX_INDEX_DEPTH", max_depth)
+    x, hashes, item = _with_duplicates()
+    threshold = 0.95
+    xn = F.normalize(x.double(), dim=1)
+    sims = xn @ xn.T
+    near = sims > threshold
+    assert ((sims - threshold).abs() > 1e-4).all()  # nothing so close to the threshold that float32 could flip it
+    same = torch.from_numpy(hashes[:, None] == hashes[None, :])
+    duplicate = (near | same).fill_diagonal_(False)
+    expected, counts = _brute_force_filtered(x, duplicate, k)
+
+    captions = CaptionSets.from_captions(hashes, item, len(x))
+    pool, meta = filtered_candidate_pool(x, k, threshold=threshold, captions=captions)
+    _assert_valid(pool, k)
+    # exact copies tie with each other as candidates of a third item: equal up to the order of ties
+    assert torch.allclose(torch.gather(sims, 1, pool), torch.gather(sims, 1, expected), atol=1e-6)
+    assert (pool == expected).float().mean() > 0.9
+    assert not torch.gather(duplicate, 1, pool).any()
+    totals = pool_counts(meta, k, len(x))
+    assert totals["pool_dropped"] == counts["dropped"] and totals["pool_filled"] == 0
+    assert totals["pool_anchors_with_duplicates"] == counts["anchors_with_duplicates"]
+    # the unfiltered pool has them: the failure the filter fixes
+    raw = candidate_pool(x, k)
+    assert torch.gather(duplicate, 1, raw).sum() == counts["dropped"] > 0
+    assert totals["pool_near_duplicate"] == int(torch.gather(near.fill_diagonal_(False), 1, raw).sum())
+    assert totals["pool_same_caption"] == int(torch.gather(same.fill_diagonal_(False), 1, raw).sum()) > 0
+
+
+def test_a_filtered_pool_cut_to_fewer_candidates_counts_like_one_built_for_them():
+    x, hashes, item = _with_duplicates()
+    captions = CaptionSets.from_captions(hashes, item, len(x))
+    big, meta = filtered_candidate_pool(x, 12, threshold=0.95, captions=captions)
+    small, small_meta = filtered_candidate_pool(x, 5, threshold=0.95, captions=captions)
+    xn = F.normalize(x.double(), dim=1)
+    sims = xn @ xn.T  # equal up to the order of tied exact copies, which depends on the search depth
+    assert torch.allclose(torch.gather(sims, 1, big[:, :5]), torch.gather(sims, 1, small), atol=1e-6)
+    assert pool_counts(meta, 5, len(x)) == pool_counts(small_meta, 5, len(x))
+
+
+def test_the_filter_off_is_the_unfiltered_pool_bit_for_bit():
+    x, hashes, item = _with_duplicates()
+    for k in (1, 5, 20):
+        pool, meta = filtered_candidate_pool(x, k, threshold=1.0, captions=None)
+        assert torch.equal(pool, candidate_pool(x, k)) and pool_counts(meta, k, len(x))["pool_dropped"] == 0
+    y = _random()  # the filter on, nothing to drop: the same pool
+    distinct = CaptionSets.from_captions(np.arange(N), np.arange(N), N)
+    pool, meta = filtered_candidate_pool(y, 7, threshold=0.99, captions=distinct)
+    assert torch.equal(pool, candidate_pool(y, 7)) and pool_counts(meta, 7, N)["pool_dropped"] == 0
+
+
+def test_too_few_non_duplicates_fill_with_the_nearest_duplicates_and_count_them():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(12, 8, generator=g)
+    x[1:8] = x[0] + 0.05 * torch.randn(7, 8, generator=g)  # items 0-7 are one near-duplicate cluster
+    pool, meta = filtered_candidate_pool(x, 6, threshold=0.95)
+    _assert_valid(pool, 6)
+    cluster = torch.arange(8)
+    for anchor in range(8):  # four non-duplicates exist (items 8-11): they come first, then the two nearest copies
+        row = pool[anchor]
+        assert set(row[:4].tolist()) == {8, 9, 10, 11} and set(row[4:].tolist()) <= set(cluster.tolist())
+        xn = F.normalize(x.double(), dim=1)
+        copies = [c for c in (xn[anchor] @ xn.T).argsort(descending=True).tolist() if c < 8 and c != anchor]
+        assert row[4:].tolist() == copies[:2]
+    assert pool_counts(meta, 6, 12)["pool_filled"] == 8 * 2
+
+
+@pytest.mark.parametrize("cfg", [IndexConfig(kind="ivf", nlist=8, nprobe=2), IndexConfig(kind="hnsw", hnsw_m=8)])
+def test_approximate_filtered_pools_hold_no_duplicates(cfg):
+    x, hashes, item = _with_duplicates()
+    captions = CaptionSets.from_captions(hashes, item, len(x))
+    pool, meta = filtered_candidate_pool(x, 5, cfg, threshold=0.95, captions=captions)
+    _assert_valid(pool, 5)
+    xn = F.normalize(x.double(), dim=1)
+    duplicate = ((xn @ xn.T) > 0.95) | torch.from_numpy(hashes[:, None] == hashes[None, :])
+    assert not torch.gather(duplicate, 1, pool).any()
+    assert pool_counts(meta, 5, len(x))["pool_dropped"] > 0
+
+
+def test_caption_sets_of_items_with_several_captions():
+    # items 0, 1, 2; captions: item 0 {a, b}, item 1 {c, b}, item 2 {d}
+    sets = CaptionSets.from_captions(np.array([11, 22, 33, 22, 44]), np.array([0, 0, 1, 1, 2]), 3)
+    shared = sets.shared(np.array([0, 1, 2]), np.array([[1, 2], [0, 2], [0, 1]]))
+    assert shared.tolist() == [[True, False], [True, False], [False, False]]
+
+
+@pytest.mark.parametrize("override, match", [
+    ("pool.duplicate_threshold=0", r"pool\.duplicate_threshold=0\.0 .*\(0, 1\]"),
+    ("pool.duplicate_threshold=1.5", r"pool\.duplicate_threshold=1\.5 .*1\.0 disables"),
+    ("dataset.dedup_threshold=-0.2", r"dataset\.dedup_threshold=-0\.2 .*\(0, 1\]"),
+])
+def test_bad_duplicate_thresholds_name_the_key(override, match):
+    from bacl.config import load_config
+    with pytest.raises(ConfigError, match=match):
+        load_config(["dataset=laion400m", override])

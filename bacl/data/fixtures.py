@@ -1,10 +1,13 @@
 """Tiny datasets in the four real on-disk formats, for tests, demos and the extraction benchmark.
 
-Each item is a (colour, shape, pitch) tuple rendered as a real JPEG / MP4 / WAV file and
-described by captions that name the same attributes, so a model trained on the extracted
-features has something to learn. `corrupt=True` adds one undecodable sample per dataset
-(a truncated JPEG, a truncated MP4, a WAV with a broken header) that extraction must count
-and skip. Usage: `python -m bacl.data.fixtures <dir>` writes all four under <dir>/<name>.
+Each item is a (colour, shape, pitch, size) tuple rendered as a real JPEG / MP4 / WAV file
+and described by captions that name the same attributes, so a model trained on the extracted
+features has something to learn. The first 48 items are distinct (captions and pictures; the
+pitch sets the picture's background), so the default fixtures have no duplicates across their
+splits. `corrupt=True` adds one undecodable sample per dataset (a truncated JPEG, a truncated
+MP4, a WAV with a broken header) that extraction must count and skip; `laion400m(...,
+plant_duplicates=True)` plants duplicate captions and images (LAION_PLANTED).
+Usage: `python -m bacl.data.fixtures <dir>` writes all four under <dir>/<name>.
 """
 from __future__ import annotations
 
@@ -23,7 +26,20 @@ from PIL import Image, ImageDraw
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 30), "blue": (30, 60, 220), "yellow": (230, 210, 20)}
 SHAPES = ("square", "circle", "triangle")
 PITCHES = {"low": 220.0, "high": 880.0}
+SIZES = {"large": 32, "small": 20}  # side of the drawn shape, in pixels
+BACKGROUND = {"low": (235, 235, 235), "high": (200, 200, 200)}
 SIZE, FPS, RATE = 64, 8, 16000
+
+# LAION duplicates planted by laion400m(n=24, per_shard=8, plant_duplicates=True); the test split is
+# items 16-23 (the last shard). kind -> (source item, copy item): the copy gets the source's caption or
+# JPEG bytes. Train pairs must drop out of each other's pool; test copies must leave the test split.
+LAION_PLANTED = {
+    "train_same_caption": (3, 5),
+    "train_same_image": (6, 9),
+    "test_same_caption": (10, 17),
+    "test_same_image": (12, 19),
+    "test_same_caption_up_to_case": (14, 21),  # the copy's caption is the source's in capitals, spaces doubled
+}
 
 
 def _attributes(i: int) -> tuple[str, str, str]:
@@ -31,18 +47,23 @@ def _attributes(i: int) -> tuple[str, str, str]:
     return colours[i % 4], SHAPES[(i // 4) % 3], list(PITCHES)[(i // 12) % 2]
 
 
+def _size(i: int) -> str:
+    return list(SIZES)[(i // 24) % 2]
+
+
 def _picture(i: int, shift: float = 0.0, size: int = SIZE) -> Image.Image:
-    colour, shape, _ = _attributes(i)
-    img = Image.new("RGB", (SIZE, SIZE), (235, 235, 235))
+    colour, shape, pitch = _attributes(i)
+    img = Image.new("RGB", (SIZE, SIZE), BACKGROUND[pitch])
     draw = ImageDraw.Draw(img)
-    x = 8 + int(shift * 24)
-    box = (x, 16, x + 32, 48)
+    side = SIZES[_size(i)]
+    x, y = 8 + int(shift * 24), 16 + (32 - side) // 2
+    box = (x, y, x + side, y + side)
     if shape == "square":
         draw.rectangle(box, fill=COLOURS[colour])
     elif shape == "circle":
         draw.ellipse(box, fill=COLOURS[colour])
     else:
-        draw.polygon([(x, 48), (x + 16, 16), (x + 32, 48)], fill=COLOURS[colour])
+        draw.polygon([(x, y + side), (x + side // 2, y), (x + side, y + side)], fill=COLOURS[colour])
     if size == SIZE:
         return img
     # Web-photo-like size and texture for decoding benchmarks: smooth scaling plus fine noise.
@@ -64,7 +85,13 @@ def _tone(i: int, seconds: float, rate: int = RATE) -> np.ndarray:
 
 def _caption(i: int, variant: int = 0) -> str:
     colour, shape, pitch = _attributes(i)
-    return [f"a {colour} {shape}", f"a {shape} coloured {colour}"][variant % 2] + f" with a {pitch} tone"
+    size = _size(i)
+    return [f"a {size} {colour} {shape}", f"a {size} {shape} coloured {colour}"][variant % 2] + f" with a {pitch} tone"
+
+
+def laion_key(i: int, per_shard: int) -> str:
+    """The key laion400m() gives item i."""
+    return f"{i // per_shard:05d}{i:04d}"
 
 
 def _write_video(path: Path, i: int, seconds: float = 2.0, audio: bool = False) -> None:
@@ -93,19 +120,43 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 3])
 
 
-def laion400m(root: Path, n: int = 48, per_shard: int = 16, corrupt: bool = True, size: int = SIZE) -> Path:
-    """img2dataset webdataset shards: `{00000..}.tar` with <key>.jpg, <key>.txt, <key>.json (size x size JPEGs)."""
+def _planted(n: int, per_shard: int, corrupt: bool) -> tuple[dict[int, int], dict[int, str]]:
+    """(copy -> the item whose JPEG it gets, copy -> its caption) for LAION_PLANTED."""
+    test_start = (n - 1) // per_shard * per_shard
+    image, text = {}, {}
+    for kind, (source, copy) in LAION_PLANTED.items():
+        in_test = copy >= test_start
+        if copy >= n or source >= test_start or in_test != kind.startswith("test") or (corrupt and 1 in (source, copy)):
+            raise ValueError(f"plant_duplicates needs n=24, per_shard=8 (the test split is the last shard); "
+                             f"got n={n}, per_shard={per_shard}, which puts {kind} {(source, copy)} elsewhere")
+        if kind.endswith("same_image"):
+            image[copy] = source
+        elif kind.endswith("up_to_case"):
+            text[copy] = "  ".join(_caption(source).upper().split())
+        else:
+            text[copy] = _caption(source)
+    return image, text
+
+
+def laion400m(root: Path, n: int = 48, per_shard: int = 16, corrupt: bool = True, size: int = SIZE,
+              plant_duplicates: bool = False) -> Path:
+    """img2dataset webdataset shards: `{00000..}.tar` with <key>.jpg, <key>.txt, <key>.json (size x size JPEGs).
+
+    `plant_duplicates`: the pairs of LAION_PLANTED share a caption or the same JPEG bytes (n=24, per_shard=8).
+    """
     root.mkdir(parents=True, exist_ok=True)
+    image_of, caption_of = _planted(n, per_shard, corrupt) if plant_duplicates else ({}, {})
     for s in range(0, n, per_shard):
         with tarfile.open(root / f"{s // per_shard:05d}.tar", "w") as tar:
             for i in range(s, min(s + per_shard, n)):
-                key = f"{s // per_shard:05d}{i:04d}"
-                jpg = _jpeg(_picture(i, size=size))
+                key = laion_key(i, per_shard)
+                jpg = _jpeg(_picture(image_of.get(i, i), size=size))
                 if corrupt and i == 1:
                     jpg = jpg[: len(jpg) // 3]
-                meta = {"key": key, "caption": _caption(i), "url": f"https://example.org/{key}.jpg",
+                caption = caption_of.get(i, _caption(i))
+                meta = {"key": key, "caption": caption, "url": f"https://example.org/{key}.jpg",
                         "status": "success", "width": size, "height": size}
-                for ext, payload in (("jpg", jpg), ("txt", _caption(i).encode()), ("json", json.dumps(meta).encode())):
+                for ext, payload in (("jpg", jpg), ("txt", caption.encode()), ("json", json.dumps(meta).encode())):
                     info = tarfile.TarInfo(f"{key}.{ext}")
                     info.size = len(payload)
                     tar.addfile(info, io.BytesIO(payload))

@@ -5,6 +5,13 @@ Exact search costs N^2·d, which stops being feasible somewhere past 10^5 items 
 benchmarks/pool_build.py). Flat and IVF pools are reproducible at a fixed thread count; faiss
 inserts HNSW nodes concurrently, so with several threads a few HNSW pool entries may differ
 from run to run.
+
+On real data the pool also drops each anchor's duplicates (`filtered_candidate_pool`):
+candidates whose frozen cosine to the anchor exceeds `pool.duplicate_threshold`, and
+candidates with a caption identical to one of the anchor's (`pool.drop_same_caption`). Both
+are false negatives that `hardest` and late BACL, which prefer the hardest candidates, would
+otherwise pick first. The synthetic dataset keeps `candidate_pool`: its items are distinct
+attribute tuples by construction, so its closest candidates are ambiguous negatives, not copies.
 """
 from __future__ import annotations
 
@@ -62,7 +69,7 @@ def validate_index(cfg: IndexConfig | DictConfig, key: str = KEY) -> None:
     require(cfg.query_batch > 0, f"{key}.query_batch", cfg.query_batch, "> 0")
 
 
-def _torch_threads(fn: Fn) -> Fn:
+def torch_threads(fn: Fn) -> Fn:
     """faiss has its own OpenMP pool, blind to torch.set_num_threads (train.threads): mirror it."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -104,7 +111,7 @@ def _training_sample(x: np.ndarray, cfg: IndexConfig | DictConfig, nlist: int) -
     return x[np.sort(rows)]
 
 
-@_torch_threads
+@torch_threads
 def build_index(x: np.ndarray, cfg: IndexConfig | DictConfig | None = None) -> faiss.Index:
     """An inner-product index over `x` (float32, rows L2-normalised, so scores are cosines)."""
     cfg = IndexConfig() if cfg is None else cfg
@@ -133,7 +140,7 @@ def build_index(x: np.ndarray, cfg: IndexConfig | DictConfig | None = None) -> f
     return index
 
 
-def _normalised(embeddings: torch.Tensor | np.ndarray) -> np.ndarray:
+def normalised(embeddings: torch.Tensor | np.ndarray) -> np.ndarray:
     x = torch.as_tensor(embeddings).detach().cpu().float()
     return np.ascontiguousarray(torch.nn.functional.normalize(x, dim=1).numpy())
 
@@ -145,7 +152,7 @@ def _without_anchor(found: np.ndarray, anchors: np.ndarray, k: int) -> np.ndarra
     return np.take_along_axis(found, keep, axis=1)
 
 
-@_torch_threads
+@torch_threads
 def search_pool(searcher: faiss.Index, x: np.ndarray, rows: np.ndarray, k: int,
                 query_batch: int = IndexConfig.query_batch) -> np.ndarray:
     """[len(rows), k] pools of the items `rows` of `x`; separate from candidate_pool so a benchmark
@@ -180,5 +187,152 @@ def candidate_pool(embeddings: torch.Tensor | np.ndarray, k: int,
     n = embeddings.shape[0]
     if not 0 < k < n:
         raise ConfigError(f"pool.k={k} is out of range: the split has {n} items, so k must be in [1, {n - 1}]")
-    x = _normalised(embeddings)
+    x = normalised(embeddings)
     return torch.from_numpy(search_pool(build_index(x, cfg), x, np.arange(n), k, cfg.query_batch))
+
+
+# ---- duplicate filtering (real datasets) ----------------------------------------------------------
+SLOTS = ("near_duplicate", "same_caption", "dropped", "anchors_with_duplicates", "filled")
+# Deeper searches than this go to exact CPU search: faiss GPU indexes return at most 2048 neighbours, and
+# anchors with that many duplicates are few (LAION's placeholder images), so brute force on them is affordable.
+MAX_INDEX_DEPTH = 1024
+
+
+@dataclass
+class CaptionSets:
+    """The caption hashes of each item, [N, C] with a validity mask (items may have several captions)."""
+
+    hashes: np.ndarray  # [N, C] int64
+    valid: np.ndarray  # [N, C] bool
+
+    @classmethod
+    def from_captions(cls, hashes: np.ndarray | torch.Tensor, text_item: np.ndarray | torch.Tensor,
+                      n_items: int) -> CaptionSets:
+        """Per-caption hashes [M] and their item indices [M] -> per-item sets."""
+        hashes, text_item = np.asarray(hashes, dtype=np.int64), np.asarray(text_item, dtype=np.int64)
+        order = np.argsort(text_item, kind="stable")
+        counts = np.bincount(text_item, minlength=n_items)
+        width = max(1, int(counts.max(initial=0)))
+        slot = np.arange(len(order)) - np.repeat(np.cumsum(counts) - counts, counts)
+        out = np.zeros((n_items, width), dtype=np.int64)
+        valid = np.zeros((n_items, width), dtype=bool)
+        out[text_item[order], slot] = hashes[order]
+        valid[text_item[order], slot] = True
+        return cls(out, valid)
+
+    def shared(self, anchors: np.ndarray, found: np.ndarray) -> np.ndarray:
+        """[R, D] whether candidate found[r, d] has a caption identical to one of anchor r's."""
+        safe = np.maximum(found, 0)
+        cand, cand_ok = self.hashes[safe], self.valid[safe]  # [R, D, C]
+        anch, anch_ok = self.hashes[anchors], self.valid[anchors]  # [R, C]
+        same = (cand[..., :, None] == anch[:, None, None, :]) & cand_ok[..., :, None] & anch_ok[:, None, None, :]
+        return same.any(axis=(2, 3)) & (found >= 0)
+
+
+def filter_signature(threshold: float, captions: bool) -> dict:
+    """The filter settings that change which candidates are kept (1.0 and above: no embedding test)."""
+    return {"duplicate_threshold": min(float(threshold), 1.0), "drop_same_caption": bool(captions)}
+
+
+def neighbours(searcher: faiss.Index, base: np.ndarray, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids) [len(queries), depth] in `searcher`, an index over `base`; queries an approximate
+    search left short (-1) are searched exactly."""
+    scores, found = searcher.search(queries, depth)
+    short = np.flatnonzero((found < 0).any(axis=1))
+    if len(short):
+        scores[short], found[short] = faiss.knn(queries[short], base, depth, metric=faiss.METRIC_INNER_PRODUCT)
+    return scores, found
+
+
+@torch_threads
+def search_filtered_pool(searcher: faiss.Index, x: np.ndarray, rows: np.ndarray, k: int, threshold: float,
+                         captions: CaptionSets | None, query_batch: int = IndexConfig.query_batch,
+                         ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """[len(rows), k] pools without each anchor's duplicates, and per-slot counts of what was dropped.
+
+    Each anchor's neighbours are searched k + 1 + k deep; an anchor with fewer than k survivors
+    is searched again twice as deep (exactly past MAX_INDEX_DEPTH), up to the whole split, so the pool is the first k
+    non-duplicates in similarity order whatever the margin. An anchor that has fewer than k
+    non-duplicates in the whole split gets its nearest duplicates in the remaining slots
+    (deterministic, and counted as `filled`). Counts are per slot j (summed over anchors):
+    whether the j-th candidate of the *unfiltered* pool was a near-duplicate, had the same
+    caption, either; whether slot j was the anchor's first duplicate; whether slot j of the
+    filtered pool had to be filled. The count for a pool cut to k' <= k is the sum of the first k'.
+    """
+    n = x.shape[0]
+    embedding = threshold < 1.0
+    pool = np.empty((len(rows), k), dtype=np.int64)
+    counts = {name: np.zeros(k, dtype=np.int64) for name in SLOTS}
+    slots = np.arange(k)
+    bar = tqdm(total=len(rows), desc="candidate pool", unit="query", dynamic_ncols=True,
+               disable=len(rows) <= query_batch or not sys.stderr.isatty())
+    for start in range(0, len(rows), query_batch):
+        left = np.arange(start, min(start + query_batch, len(rows)))  # positions in `rows` still to fill
+        depth = min(n, 2 * k + 1)
+        while len(left):
+            anchors = rows[left]
+            if depth > MAX_INDEX_DEPTH:
+                scores, found = faiss.knn(x[anchors], x, depth, metric=faiss.METRIC_INNER_PRODUCT)
+            else:
+                scores, found = neighbours(searcher, x, x[anchors], depth)
+            is_anchor = found == anchors[:, None]
+            near = (scores > threshold) & ~is_anchor if embedding else np.zeros_like(is_anchor)
+            same = captions.shared(anchors, found) & ~is_anchor if captions is not None else np.zeros_like(is_anchor)
+            duplicate = near | same
+            survivors = (~duplicate & ~is_anchor).sum(axis=1)
+            done = (survivors >= k) | (depth >= n)
+            # survivors in similarity order, then duplicates in similarity order, the anchor last
+            rank = np.where(is_anchor, 2, duplicate.astype(np.int64))
+            chosen = np.take_along_axis(found, np.argsort(rank, axis=1, kind="stable")[:, :k], axis=1)
+            raw = np.argsort(is_anchor, axis=1, kind="stable")[:, :k]  # the unfiltered pool's slots
+            d = done
+            raw_near = np.take_along_axis(near, raw, axis=1)[d]
+            raw_same = np.take_along_axis(same, raw, axis=1)[d]
+            raw_dup = raw_near | raw_same
+            counts["near_duplicate"] += raw_near.sum(axis=0)
+            counts["same_caption"] += raw_same.sum(axis=0)
+            counts["dropped"] += raw_dup.sum(axis=0)
+            first = raw_dup.argmax(axis=1)[raw_dup.any(axis=1)]
+            counts["anchors_with_duplicates"] += np.bincount(first, minlength=k)
+            counts["filled"] += (slots[None, :] >= survivors[d, None]).sum(axis=0)
+            pool[left[d]] = chosen[d]
+            bar.update(int(d.sum()))
+            left = left[~d]
+            depth = min(n, 2 * depth)
+    bar.close()
+    return pool, counts
+
+
+def filtered_candidate_pool(embeddings: torch.Tensor | np.ndarray, k: int, index: IndexConfig | DictConfig | None = None,
+                            threshold: float = 1.0, captions: CaptionSets | None = None,
+                            ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """`candidate_pool` without each anchor's duplicates, and what was dropped (see `search_filtered_pool`).
+
+    `threshold`: frozen cosine above which a candidate is a near-duplicate of the anchor (1.0:
+    no embedding test); `captions`: the items' caption hashes (None: no caption test). With
+    neither, the pool is `candidate_pool`'s, bit for bit. Returns the pool and its metadata:
+    the filter signature and the per-slot counts (`pool_counts` turns them into totals).
+    """
+    cfg = IndexConfig() if index is None else index
+    meta: dict[str, Any] = filter_signature(threshold, captions is not None)
+    if threshold >= 1.0 and captions is None:
+        pool = candidate_pool(embeddings, k, cfg)
+        return pool, {**meta, **{name: [0] * k for name in SLOTS}}
+    n = embeddings.shape[0]
+    if not 0 < k < n:
+        raise ConfigError(f"pool.k={k} is out of range: the split has {n} items, so k must be in [1, {n - 1}]")
+    if captions is not None and captions.hashes.shape[0] != n:
+        raise ValueError(f"caption sets of {captions.hashes.shape[0]} items for a split of {n}")
+    x = normalised(embeddings)
+    pool, counts = search_filtered_pool(build_index(x, cfg), x, np.arange(n), k, threshold, captions, cfg.query_batch)
+    return torch.from_numpy(pool), {**meta, **{name: c.tolist() for name, c in counts.items()}}
+
+
+def pool_counts(meta: dict[str, Any], k: int, n: int) -> dict[str, Any]:
+    """Totals for the pool cut to its first k candidates, as they land in result.json under `data`."""
+    out: dict[str, Any] = {"pool_anchors": n, "pool_candidates": n * k,
+                           "pool_duplicate_threshold": meta.get("duplicate_threshold"),
+                           "pool_drop_same_caption": meta.get("drop_same_caption")}
+    for name in SLOTS:
+        out[f"pool_{name}"] = int(sum(meta[name][:k])) if name in meta else None
+    return out

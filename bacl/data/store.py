@@ -7,13 +7,20 @@ Layout of a store directory:
         <stream>.tokens.npy      [n, L, d] float16 token features of each item stream
         <stream>.pooled.npy      [n, d] float16 pooled embedding (the encoder's own)
         text.tokens.npy / text.pooled.npy / text_item.npy   captions and their item (shard-local)
+        text_hash.npy            [m] int64 hash of each normalised caption (`caption_hash`), for duplicate tests
     pool/<split>-<modality>.npy  [N, k] candidate pool, with <...>.json describing how it was built
+                                 (index, duplicate filter, per-slot counts of the dropped candidates)
+    dedup/test-<signature>.json  test items excluded as duplicates of training items (bacl/data/dedup.py)
 An extraction interrupted anywhere restarts with the first shard that has no directory.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
+import unicodedata
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,10 +46,22 @@ class ShardArrays:
     text_pooled: np.ndarray  # [m, dt]
     text_item: np.ndarray  # [m] shard-local item index
     skipped: list[dict[str, str]]  # {"key", "reason"} of every sample that could not be used
+    text_hash: np.ndarray | None = None  # [m] caption_hash of each caption (None: not known, nothing written)
 
 
 class StoreMissing(FileNotFoundError):
     pass
+
+
+def normalise_caption(text: str) -> str:
+    """What "identical caption" compares: Unicode NFKC, case-folded, whitespace runs collapsed."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def caption_hash(text: str) -> int:
+    """A signed 64-bit hash of the normalised caption (about 0.004 expected collisions among 4e8 captions)."""
+    digest = hashlib.blake2b(normalise_caption(text).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
 
 
 class FeatureStore:
@@ -74,6 +93,8 @@ class FeatureStore:
         np.save(tmp / "text.tokens.npy", arrays.text_tokens.astype(np.float16))
         np.save(tmp / "text.pooled.npy", arrays.text_pooled.astype(np.float16))
         np.save(tmp / "text_item.npy", arrays.text_item.astype(np.int64))
+        if arrays.text_hash is not None:
+            np.save(tmp / "text_hash.npy", arrays.text_hash.astype(np.int64))
         write_json(tmp / "items.json", {"keys": arrays.keys, "splits": arrays.splits, "skipped": arrays.skipped})
         if final.exists():  # another array task finished this shard first
             shutil.rmtree(tmp)
@@ -106,8 +127,56 @@ class FeatureStore:
         out["skipped_total"] = sum(skipped.values())
         return out
 
-    def split(self, split: str) -> FeatureSplit:
-        """All items of one split, item streams side by side in one token sequence.
+    def _rows(self, split: str, exclude: Collection[str] = ()) -> Iterator[tuple[Path, dict, np.ndarray]]:
+        """(shard directory, its items.json, which of its items belong to `split` and are not excluded by key)."""
+        exclude = exclude if isinstance(exclude, (set, frozenset)) else frozenset(exclude)
+        for shard in self.manifest["shards"]:
+            d = self.path / "shards" / shard
+            meta = read_json(d / "items.json")
+            if meta is None:
+                raise StoreMissing(f"{self.path}: shard {shard} was not extracted")
+            keep = np.array([s == split and k not in exclude for s, k in zip(meta["splits"], meta["keys"])], dtype=bool)
+            yield d, meta, keep
+
+    def keys(self, split: str, exclude: Collection[str] = ()) -> list[str]:
+        """Item keys of a split, in the order of its rows."""
+        return [k for _, meta, keep in self._rows(split, exclude) for k, kept in zip(meta["keys"], keep) if kept]
+
+    def item_pooled(self, split: str, exclude: Collection[str] = ()) -> np.ndarray:
+        """[N, d] float32 pooled embedding of each item's first stream (what the pool searches), nothing else loaded."""
+        first = self.manifest["streams"][0]
+        parts = [np.load(d / f"{first}.pooled.npy", mmap_mode="r")[keep] for d, _, keep in self._rows(split, exclude)]
+        return np.concatenate(parts).astype(np.float32)
+
+    def has_caption_hashes(self, shard: str) -> bool:
+        return (self.path / "shards" / shard / "text_hash.npy").exists()
+
+    def caption_hashes(self, split: str, exclude: Collection[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """(caption_hash of each caption [M], its item index in the split [M]), in the split's caption order."""
+        hashes, items, offset = [], [], 0
+        for d, _, keep in self._rows(split, exclude):
+            if not (d / "text_hash.npy").exists():
+                raise StoreMissing(f"{self.path}: shard {d.name} has no caption hashes (extracted before they were "
+                                   "stored); run experiments/extract.py again with the same config to add them")
+            text_item = np.load(d / "text_item.npy")
+            text_keep = keep[text_item] if text_item.size else np.zeros(0, dtype=bool)
+            hashes.append(np.load(d / "text_hash.npy")[text_keep])
+            items.append((np.cumsum(keep) - 1 + offset)[text_item[text_keep]])
+            offset += int(keep.sum())
+        return np.concatenate(hashes).astype(np.int64), np.concatenate(items).astype(np.int64)
+
+    def write_caption_hashes(self, shard: str, hashes: np.ndarray) -> None:
+        """Add text_hash.npy to a shard extracted before caption hashes were stored (atomic)."""
+        d = self.path / "shards" / shard
+        expected = np.load(d / "text_item.npy").shape[0]
+        if hashes.shape != (expected,):
+            raise ValueError(f"{self.path}: shard {shard} holds {expected} captions, got {hashes.shape[0]} hashes")
+        tmp = d / f".text_hash.tmp-{os.getpid()}.npy"
+        np.save(tmp, hashes.astype(np.int64))
+        os.replace(tmp, d / "text_hash.npy")
+
+    def split(self, split: str, exclude: Collection[str] = ()) -> FeatureSplit:
+        """All items of one split (less the `exclude`d keys), item streams side by side in one token sequence.
 
         Streams of different widths are placed in disjoint channel blocks
         ([frames | 0 | 0], [0 | audio | 0], ...) so that the model's single input
@@ -118,12 +187,7 @@ class FeatureStore:
         parts: dict[str, list[np.ndarray]] = {k: [] for k in ("text_tokens", "text_pooled", "text_item")}
         stream_parts: dict[str, list[np.ndarray]] = {f"{n}.{a}": [] for n in names for a in ("tokens", "pooled")}
         offset = 0
-        for shard in manifest["shards"]:
-            d = self.path / "shards" / shard
-            meta = read_json(d / "items.json")
-            if meta is None:
-                raise StoreMissing(f"{self.path}: shard {shard} was not extracted")
-            keep = np.array([s == split for s in meta["splits"]], dtype=bool)
+        for d, _, keep in self._rows(split, exclude):
             for key in stream_parts:
                 stream_parts[key].append(np.load(d / f"{key}.npy", mmap_mode="r")[keep])
             text_item = np.load(d / "text_item.npy")
@@ -149,21 +213,40 @@ class FeatureStore:
     def pool_path(self, split: str, modality: str) -> Path:
         return self.path / "pool" / f"{split}-{modality}.npy"
 
-    def save_pool(self, split: str, modality: str, pool: np.ndarray, index: Any) -> None:
+    def save_pool(self, split: str, modality: str, pool: np.ndarray, index: Any, duplicates: dict) -> None:
+        """`duplicates`: the filter signature and per-slot counts of `filtered_candidate_pool`."""
         path = self.pool_path(split, modality)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".tmp-{os.getpid()}.npy")
         np.save(tmp, pool.astype(np.int64))
         os.replace(tmp, path)
-        write_json(path.with_suffix(".json"), {"k": int(pool.shape[1]), "index": index_signature(index)})
+        write_json(path.with_suffix(".json"), {"k": int(pool.shape[1]), "index": index_signature(index),
+                                               "duplicates": duplicates})
 
-    def load_pool(self, split: str, modality: str, k: int, index: Any) -> torch.Tensor | None:
-        """The stored pool cut to k, if it was built with the same index and at least k neighbours."""
+    def load_pool(self, split: str, modality: str, k: int, index: Any, duplicates: dict
+                  ) -> tuple[torch.Tensor, dict] | None:
+        """(the stored pool cut to k, its duplicate metadata) if it was built with the same index and
+        duplicate filter (`duplicates` holds the filter signature) and at least k neighbours."""
         path = self.pool_path(split, modality)
         meta = read_json(path.with_suffix(".json"))
         if meta is None or meta["index"] != index_signature(index) or meta["k"] < k:
             return None
-        return torch.from_numpy(np.load(path)[:, :k]).long()
+        stored = meta.get("duplicates") or {}
+        if any(stored.get(key) != value for key, value in duplicates.items()):
+            return None
+        return torch.from_numpy(np.load(path)[:, :k]).long(), stored
+
+    # ---- test items excluded as duplicates of training items ---------------------------------------
+    def dedup_path(self, signature: dict) -> Path:
+        blob = json.dumps(signature, sort_keys=True)
+        return self.path / "dedup" / f"test-{hashlib.sha256(blob.encode()).hexdigest()[:10]}.json"
+
+    def save_dedup(self, record: dict) -> None:
+        write_json(self.dedup_path(record["signature"]), record)
+
+    def load_dedup(self, signature: dict) -> dict | None:
+        record = read_json(self.dedup_path(signature))
+        return record if record is not None and record.get("signature") == signature else None
 
 
 def index_signature(index: Any) -> dict:

@@ -4,7 +4,10 @@ A subclass describes one dataset: its config, its item streams (what each item i
 an image, video frames, audio, a subtitle), how its raw data is cut into shards, how a
 shard lists its samples (cheap) and how one sample is decoded (expensive, in loader
 workers). `experiments/extract.py` turns that into a `FeatureStore`; the trainer then
-builds the subclass, which reads the store.
+builds the subclass, which reads the store: the test split less the items excluded as
+duplicates of training items (bacl/data/dedup.py), and the candidate pool less each anchor's
+duplicates (bacl/data/pool.py). Its data counts say how many of each were removed, and warn
+when a frozen encoder was pretrained on the evaluated data (bacl/encoders/pretraining.py).
 """
 from __future__ import annotations
 
@@ -20,9 +23,11 @@ import torch
 from omegaconf import OmegaConf
 
 from bacl.data.base import FeatureDataset
-from bacl.data.pool import candidate_pool
+from bacl.data.dedup import dedup_signature, excluded_keys
+from bacl.data.pool import CaptionSets, filter_signature, filtered_candidate_pool, pool_counts
 from bacl.data.store import FeatureStore, StoreMissing
 from bacl.encoders import EncoderConfig, validate_encoder
+from bacl.encoders.pretraining import overlap_warnings
 from bacl.errors import ConfigError, require
 from bacl.neutral import neutral, without_neutral
 
@@ -46,6 +51,10 @@ class StoreDatasetConfig:
     root: Optional[str] = neutral()  # the dataset as its public tools leave it on disk; null: <data_root>/<name>
     store: Optional[str] = neutral()  # feature store directory; null: <root>/bacl_features/<config hash>
     strict: bool = neutral(False)  # true: a missing or corrupt sample stops the extraction
+    # Test items whose frozen pooled embedding has cosine above this with a training item are excluded
+    # as its near-duplicates (1.0: no embedding test); the store keeps their keys, not their deletion.
+    dedup_threshold: float = 0.95
+    dedup_same_caption: bool = True  # also exclude test items with a caption identical to a training caption
     # Every dataset has all three, so that one override (e.g. random weights) fits a sweep over
     # datasets; the encoders its streams do not use are ignored and leave the store path alone.
     vision_encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -82,6 +91,7 @@ def clean_captions(values: list[Any]) -> list[str]:
 class StoreDataset(FeatureDataset):
     Config = StoreDatasetConfig
     STREAMS: dict[str, str] = {}  # stream name -> kind (image | video | audio | text); the first is the pool's
+    NOT_FEATURES = ("dedup_threshold", "dedup_same_caption")  # change the splits read, not the features stored
 
     # ---- what a subclass provides --------------------------------------------------------------
     @classmethod
@@ -101,6 +111,8 @@ class StoreDataset(FeatureDataset):
     @classmethod
     def validate(cls, cfg: Any) -> None:
         require(cfg.root is not None, "dataset.root", cfg.root, f"the directory holding {cfg.name}")
+        require(0 < cfg.dedup_threshold <= 1, "dataset.dedup_threshold", cfg.dedup_threshold,
+                "a cosine in (0, 1]: test items above it with a training item are excluded; 1.0 disables")
         for kind in cls.STREAMS.values():
             validate_encoder(cfg[ENCODER_OF_KIND[kind]], f"dataset.{ENCODER_OF_KIND[kind]}")
         validate_encoder(cfg.text_encoder, "dataset.text_encoder")
@@ -121,7 +133,24 @@ class StoreDataset(FeatureDataset):
         used = {ENCODER_OF_KIND[kind] for kind in cls.STREAMS.values()} | {"text_encoder"}
         for key in {"vision_encoder", "text_encoder", "audio_encoder"} - used:
             data.pop(key, None)
+        for key in cls.NOT_FEATURES:
+            data.pop(key, None)
         return data
+
+    @classmethod
+    def encoders(cls, cfg: Any) -> dict[str, Any]:
+        """`dataset.<key>` -> encoder config, for the encoders the streams and captions use."""
+        keys = [ENCODER_OF_KIND[kind] for kind in cls.STREAMS.values()] + ["text_encoder"]
+        return {f"dataset.{key}": cfg[key] for key in dict.fromkeys(keys)}
+
+    @classmethod
+    def pretraining_warnings(cls, cfg: Any) -> list[str]:
+        """Warnings for frozen encoders whose pretraining data holds this dataset (a tag heuristic)."""
+        return overlap_warnings(cfg.name, cls.encoders(cfg))
+
+    @classmethod
+    def dedup_signature(cls, cfg: Any) -> dict:
+        return dedup_signature(cfg.dedup_threshold, cfg.dedup_same_caption)
 
     @classmethod
     def store_path(cls, cfg: Any) -> Path:
@@ -141,6 +170,9 @@ class StoreDataset(FeatureDataset):
             problem = f"{len(missing)} of {len(store.manifest['shards'])} shard(s) not extracted at {store.path}"
         except StoreMissing:
             missing, problem = [None], f"no feature store at {store.path}"
+        if not missing and store.load_dedup(cls.dedup_signature(cfg)) is None:
+            missing, problem = [None], (f"no test-split deduplication with dataset.dedup_threshold={cfg.dedup_threshold} "
+                                        f"and dataset.dedup_same_caption={cfg.dedup_same_caption} at {store.path}")
         if missing:
             raise ConfigError(f"{cfg.name}: {problem}. Run first: python experiments/extract.py dataset={cfg.name} "
                               f"dataset.root={cfg.root} (plus the same dataset.* overrides)")
@@ -149,16 +181,55 @@ class StoreDataset(FeatureDataset):
     def __init__(self, cfg: Any):
         self.cfg = cfg
         self.store = self.check_extracted(cfg)
-        self.train, self.test = self.store.split("train"), self.store.split("test")
+        self.dedup = self.store.load_dedup(self.dedup_signature(cfg))
+        self.warnings = self.pretraining_warnings(cfg)
+        for warning in self.warnings:
+            log.warning("%s", warning)
+        self.train = self.store.split("train")
+        try:
+            self.test = self.store.split("test", excluded_keys(self.dedup))
+        except StoreMissing:
+            c = self.dedup["counts"]
+            if not c["test_removed"]:
+                raise
+            raise ConfigError(
+                f"dataset.dedup_threshold={cfg.dedup_threshold}, dataset.dedup_same_caption={cfg.dedup_same_caption}: "
+                f"all {c['test_items_extracted']} test items of {self.store.path} are duplicates of training items "
+                f"({c['test_removed_same_caption']} by caption, {c['test_removed_near_duplicate']} by frozen cosine); "
+                "expected some test items to remain. Random-weight encoders (pretrained=null) put every embedding "
+                "close together: set dataset.dedup_threshold=1.0 with them") from None
+        self.pool_counts: dict[str, Any] = {}
 
     def candidate_pool(self, pool: Any) -> torch.Tensor:
-        """The pool extract.py stored, if built with this index and k; else built now (not stored:
-        concurrent training jobs must not race on the store)."""
-        stored = self.store.load_pool("train", pool.modality, pool.k, pool.index)
+        """The pool extract.py stored, if built with this index, duplicate filter and k; else built now
+        (not stored: concurrent training jobs must not race on the store). Either way without each
+        anchor's duplicates (pool.duplicate_threshold, pool.drop_same_caption), counted in data_counts."""
+        signature = filter_signature(pool.duplicate_threshold, pool.drop_same_caption)
+        stored = self.store.load_pool("train", pool.modality, pool.k, pool.index, signature)
         if stored is not None:
-            return stored
-        log.info("no stored %s pool with k >= %d and this index: building it", pool.modality, pool.k)
-        return candidate_pool(self.train.pooled(pool.modality), pool.k, pool.index)
+            candidates, meta = stored
+        else:
+            log.info("no stored %s pool with k >= %d, this index and duplicate filter: building it", pool.modality, pool.k)
+            candidates, meta = self.build_pool(self.store, self.train, pool)
+        self.pool_counts = pool_counts(meta, pool.k, self.train.n_items)
+        return candidates
+
+    @staticmethod
+    def build_pool(store: FeatureStore, train: Any, pool: Any) -> tuple[torch.Tensor, dict]:
+        """The train split's filtered pool and its metadata (extract.py stores it; training may build it)."""
+        captions = None
+        if pool.drop_same_caption:
+            try:
+                hashes, text_item = store.caption_hashes("train")
+            except StoreMissing as err:
+                raise ConfigError(f"pool.drop_same_caption=true needs caption hashes: {err}") from None
+            captions = CaptionSets.from_captions(hashes, text_item, train.n_items)
+        return filtered_candidate_pool(train.pooled(pool.modality), pool.k, pool.index,
+                                       pool.duplicate_threshold, captions)
 
     def data_counts(self) -> dict[str, Any]:
-        return {**super().data_counts(), **self.store.counts(), "store": str(self.store.path)}
+        """Store counts, the split sizes actually used (test: after deduplication), what the test
+        deduplication and the pool's duplicate filter removed, and pretraining-overlap warnings."""
+        return {**self.store.counts(), **super().data_counts(), **self.dedup["counts"],
+                **self.dedup["signature"], "dedup_index": self.dedup["index"], **self.pool_counts,
+                "warnings": list(self.warnings), "store": str(self.store.path)}
