@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -58,7 +60,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     checkpoint_every: int = 50  # steps between atomic last.pt writes
     threads: int = neutral(0)  # torch intra-op threads; 0 keeps torch's default
-    device: str = "cpu"
+    device: str = "cpu"  # cpu, cuda or cuda:N; a CUDA device must be visible where the run runs (Trainer.build)
     amp: bool = True  # bf16 autocast of the training step on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile the model's encode / cross-map paths (dynamic shapes)
 
@@ -149,6 +151,8 @@ def _validate_common(cfg: DictConfig) -> None:
     require(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, ">= 0 (0 disables clipping)")
     require(t.checkpoint_every > 0, "train.checkpoint_every", t.checkpoint_every, "> 0")
     require(t.threads >= 0, "train.threads", t.threads, ">= 0")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", t.device):
+        raise ConfigError(f"train.device={t.device!r} is not a device: expected cpu, cuda or cuda:N (N a GPU index)")
     m = cfg.model
     require(m.width > 0 and m.heads > 0 and m.width % m.heads == 0, "model.heads", m.heads,
             f"a positive divisor of model.width={m.width}")
@@ -157,6 +161,17 @@ def _validate_common(cfg: DictConfig) -> None:
     require(0 <= m.dropout < 1, "model.dropout", m.dropout, "in [0, 1)")
     require(all(k > 0 for k in cfg.eval.ks), "eval.ks", list(cfg.eval.ks), "positive integers")
     require(cfg.eval.rerank_k >= 0, "eval.rerank_k", cfg.eval.rerank_k, ">= 0 (0 disables re-ranking)")
+
+
+def _check_output_dir(output_dir: str) -> None:
+    """output_dir is a directory, or one can be made there: no file on its path."""
+    path = Path(output_dir)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ConfigError(f"output_dir={output_dir!r}: {p} is a file; expected a directory "
+                                  f"(an existing one, or a path where one can be created)")
+            return
 
 
 def load_config(args: Iterable[str] = ()) -> DictConfig:
@@ -191,6 +206,7 @@ def load_config(args: Iterable[str] = ()) -> DictConfig:
         cfg.dataset.root = f"{cfg.data_root}/{cfg.dataset.name}"
     _check_finite(cfg)
     _validate_common(cfg)
+    _check_output_dir(cfg.output_dir)
     method_cls.resolve(cfg.method)
     dataset_cls.validate(cfg.dataset)
     OmegaConf.set_readonly(cfg, True)

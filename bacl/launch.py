@@ -3,7 +3,11 @@
 The job is a `Checkpointable` callable carrying only its overrides (a few hundred bytes
 of pickle, never tensors). On timeout or preemption submitit calls `checkpoint()`, which
 resubmits the same callable; the new process finds `last.pt` in the run directory and
-continues from it (the dinov2 pattern: the state lives on disk, not in the pickle).
+continues from it (the dinov2 pattern: the state lives on disk, not in the pickle). The
+requeue leaves the process by SystemExit, which the trainer records as `interrupted` and
+lets through; submitit keeps its own SIGTERM and USR2 handlers (the trainer installs one
+only where SIGTERM has none). The old process's run lock dies with it, so the requeued job
+takes it again; a job whose run another process holds returns `running` without training.
 """
 from __future__ import annotations
 
@@ -30,7 +34,8 @@ class TrainJob(submitit.helpers.Checkpointable):
             submitit.helpers.TorchDistributedEnvironment().export()
         trainer = Trainer(load_config(list(overrides)))
         result = trainer.run()
-        return {"run_id": trainer.run_id, "status": result["status"], "error": result.get("error")}
+        return {"run_id": trainer.run_id, "status": result["status"], "error": result.get("error"),
+                "holder": result.get("holder")}
 
 
 def validate_profile(profile: DictConfig, path: str) -> DictConfig:

@@ -105,6 +105,9 @@ def expand(name: str, args: list[str]) -> list[Run]:
     for key, value in parse_overrides(args):
         if (isinstance(value, (list, ListConfig)) and key not in ("eval.ks",)) or _is_all(key, value):
             cli_axes[key] = _axis_values(key, value)
+            if not cli_axes[key]:
+                raise ConfigError(f"command line: axis {key}=[] has no values: expected a non-empty list "
+                                  f"such as {key}=[a,b] (or {key}=a for one value)")
         else:
             cli_fixed.append(f"{key}={_format(value)}")
     if not any(a.startswith("output_dir=") for a in cli_fixed):

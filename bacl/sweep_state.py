@@ -1,10 +1,12 @@
 """Where each run of a sweep stands: its run directory, and on SLURM the scheduler's word.
 
-A run directory says done (result.json ok), failed (result.json not ok), started
-(config.yaml only) or missing. It cannot tell a queued or running SLURM job from one the
-scheduler ended without a result (cancelled, out of memory, past its requeues): neither
-wrote result.json. So a sweep records each job it submits in <sweep_dir>/jobs.json and,
-for runs with no result yet, asks SLURM about the job.
+A run directory says running (a process holds its `run.lock`, checked without blocking),
+done (result.json ok), failed (result.json failed), interrupted (result.json interrupted:
+Ctrl-C, SIGTERM, or a preempted job that submitit requeued), started (config.yaml only) or
+missing. It cannot tell a queued SLURM job from one the scheduler ended without a result
+(cancelled, out of memory, past its requeues): neither holds the lock or wrote result.json.
+So a sweep records each job it submits in <sweep_dir>/jobs.json and, for runs with no
+result yet (or an interrupted one), asks SLURM about the job.
 """
 from __future__ import annotations
 
@@ -14,21 +16,29 @@ from typing import Optional
 
 import submitit
 
-from bacl.results import read_json, write_json
+from bacl.results import describe_holder, lock_holder, read_json, read_result, write_json
 from bacl.sweep import Run
 
 # SLURM states of a job that may still write its result.
 ACTIVE = frozenset({"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "UNKNOWN"})
 
-State = tuple[str, Optional[str]]  # (done | failed | started | missing | running, error or None)
+# (done | failed | interrupted | started | missing | running, the error or, when running, who runs it)
+State = tuple[str, Optional[str]]
 
 
 def run_state(run: Run) -> State:
-    """The state from what the run directory holds (never `running`: only the scheduler knows that)."""
+    """The state from what the run directory holds: `running` while a process holds its lock.
+    Raises ConfigError for a result.json that is valid JSON but not an object."""
     run_dir = Path(run.cfg.output_dir) / run.run_id
-    result = read_json(run_dir / "result.json")
+    holder = lock_holder(run_dir)
+    if holder is not None:
+        return "running", describe_holder(holder)
+    result = read_result(run_dir / "result.json")
     if result is not None:
-        return ("done", None) if result.get("status") == "ok" else ("failed", result.get("error"))
+        status = result.get("status")
+        if status == "ok":
+            return "done", None
+        return ("interrupted" if status == "interrupted" else "failed"), result.get("error")
     return ("started", None) if (run_dir / "config.yaml").exists() else ("missing", None)
 
 
@@ -70,13 +80,16 @@ class SweepJobs:
         write_json(self.sweep_dir / "jobs.json", self.records)
 
     def state(self, run: Run, slurm: bool) -> State:
-        """The run directory's state; on SLURM a run without a result is running while its job is active."""
+        """The run directory's state; on SLURM a run without a result (or interrupted, perhaps
+        requeued) is running while its job is active."""
         state, error = run_state(run)
         record = self.records.get(run.run_id)
-        if state in ("started", "missing") and slurm and record is not None:
+        if state in ("started", "missing", "interrupted") and slurm and record is not None:
             scheduler = slurm_state(record["job_id"], self.folder)
             if scheduler is None or scheduler in ACTIVE:
                 return "running", None
+            if state == "interrupted":
+                return state, error
             return "failed", f"slurm job {record['job_id']} ended {scheduler} without a result"
         return state, error
 

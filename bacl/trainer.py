@@ -3,23 +3,54 @@
 A run directory is self-describing: `config.yaml` (resolved), `metrics.jsonl` (one line
 per epoch), `last.pt` (atomic, every `train.checkpoint_every` steps: everything needed to
 continue bit-for-bit on CPU), `attention_example.json` (the final model's CLA maps for the
-report's heat map) and `result.json`. The method owns its state (parameters, buffers, the
-candidate-score bank, its generators), so a checkpoint holds the method's `state_dict()`
-and nothing method-specific. A run whose result says `ok` is not
-redone; one with a checkpoint continues from it. A non-finite loss stops the run as
-`failed` with the step, and the last good checkpoint is left untouched.
+report's heat map), `result.json` and `run.lock`. The method owns its state (parameters,
+buffers, the candidate-score bank, its generators), so a checkpoint holds the method's
+`state_dict()` and nothing method-specific.
+
+No result lost, no run done twice:
+- One writer per run directory. `run()` takes the directory's `RunLock` (flock, released by
+  the kernel when the process dies) before it reads the result or resumes; a process that
+  finds the lock held returns `{"status": "running"}` and writes nothing.
+- The checkpoint is the commit point. It holds, besides the training state, the records of
+  every epoch whose end (record, evaluation) came before it. The checkpoint at an epoch's
+  last step is written *before* that epoch's end, and a resume from it redoes that end from
+  the checkpointed state, RNG included, which is bitwise what an uninterrupted run does
+  there (evaluation changes no training state). `metrics.jsonl` is a view of the checkpoint:
+  on every start it is rewritten to the checkpoint's records (records written after the
+  checkpoint are redone, a torn last line is dropped, a lost one is restored), then appended
+  to, fsynced, as epochs end. So a kill anywhere loses no epoch record and duplicates none.
+- The final checkpoint is the one at the last step, written before the final evaluation: a
+  run resumed there (killed during the final evaluation, or finished but with `result.json`
+  missing or unreadable) reruns only the final evaluation. A run is `ok` only with the
+  metrics of that evaluation.
+- A checkpoint is written only after the parameters and optimizer state are checked finite
+  (the loss is checked before each update). A non-finite loss or state stops the run as
+  `failed`; `last.pt` stays the last finite checkpoint, whose step `result.json` records.
+- A `last.pt` that cannot be loaded is moved aside (`last.pt.corrupt-<time>`), never
+  deleted, and the run starts over with a warning; temporary files of interrupted writes
+  are removed at start.
+- `result.json` is written on every way out: `ok`, `failed` (with the error), or
+  `interrupted` (Ctrl-C, SIGTERM, or submitit's SystemExit after it requeued a preempted or
+  timed-out job, which then resumes from `last.pt`). SIGTERM is turned into an interruption
+  only where nobody else handles it: under submitit its own handlers stay in place.
 """
 from __future__ import annotations
 
 import json
 import math
+import signal
+import socket
 import sys
+import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -28,18 +59,104 @@ from bacl.batch import Batch
 from bacl.config import run_id, to_container
 from bacl.data.split import FeatureSplit
 from bacl.distributed import init_from_env
+from bacl.errors import ConfigError
 from bacl.evaluate import evaluate
 from bacl.method import Method, build_method
 from bacl.registry import DATASETS
-from bacl.results import append_jsonl, git_commit, package_versions, read_json, save_checkpoint, write_json, write_text
+from bacl.results import (
+    RunLock,
+    append_jsonl,
+    describe_holder,
+    git_commit,
+    package_versions,
+    read_result,
+    remove_orphans,
+    save_checkpoint,
+    write_json,
+    write_text,
+)
+
+CHECKPOINT_KEYS = ("step", "method", "optimizer", "scheduler", "torch_rng", "epoch_sums")
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """A non-finite loss, or non-finite parameters or optimizer state after an update."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM where no one else handles it: the run stops as on Ctrl-C and its result says `interrupted`."""
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def check_device(device: str) -> None:
+    """A CUDA device must be visible on this machine. Not a load_config check: sweeps are
+    submitted from machines without GPUs; this runs where the run runs, before any data."""
+    if not device.startswith("cuda"):
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ConfigError(f"train.device={device!r}: no CUDA GPU is visible on {socket.gethostname()} "
+                          f"(torch.cuda.is_available() is False); use train.device=cpu or run on a GPU node")
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        raise ConfigError(f"train.device={device!r}: only {count} CUDA GPU(s) visible here: "
+                          f"expected cuda or cuda:0 .. cuda:{count - 1}")
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises `Terminated` while the run trains, unless a handler is already set (submitit
+    sets its own: it ignores SIGTERM and checkpoints and requeues on USR2)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+        raise Terminated("SIGTERM")
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _interruption(err: BaseException, step: int) -> str:
+    if isinstance(err, SystemExit):
+        return (f"stopped at step {step} by SystemExit({err.code}): submitit exits so after requeueing a preempted "
+                f"or timed-out job, which resumes from last.pt")
+    cause = "SIGTERM" if isinstance(err, Terminated) else "Ctrl-C (KeyboardInterrupt)"
+    return f"stopped at step {step} by {cause}; run it again to resume from last.pt"
+
+
+def _checkpoint_problem(state, total_steps: int) -> str | None:
+    """Why a loaded last.pt is not a checkpoint of this run, or None."""
+    if not isinstance(state, dict):
+        return f"holds a {type(state).__name__}, not a checkpoint dict"
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    if not isinstance(state["step"], int) or not 0 <= state["step"] <= total_steps:
+        return f"step {state['step']!r} is not in this run's [0, {total_steps}]"
+    return None
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename `path` to `<name>.corrupt-<UTC time>[-n]` beside it (kept for inspection, never deleted)."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while aside.exists():
+        aside, n = path.with_name(f"{path.name}.corrupt-{stamp}-{n}"), n + 1
+    path.rename(aside)
+    return aside
 
 
 def warmup_cosine(total_steps: int, warmup_fraction: float):
@@ -61,6 +178,7 @@ class Trainer:
     def build(self) -> None:
         """Data, pool, model, method and optimizer; raises ConfigError before any step."""
         cfg = self.cfg
+        check_device(cfg.train.device)
         torch.manual_seed(cfg.seed)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -88,6 +206,8 @@ class Trainer:
             self.optimizer, warmup_cosine(self.total_steps, cfg.train.warmup_fraction))
         self.step = 0
         self.epoch_sums: dict[str, float] = defaultdict(float)  # running means of the current epoch
+        self.records: list[dict] = []  # metrics.jsonl: one record per ended epoch
+        self.checkpoint_step: int | None = None  # the step of the last.pt on disk (None: none yet)
 
     # ---- checkpoints ---------------------------------------------------------------------
     def state(self) -> dict:
@@ -98,6 +218,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "epoch_sums": dict(self.epoch_sums),
+            "records": list(self.records),  # epochs ended before this step (the module docstring)
         }
 
     def load(self, state: dict) -> None:
@@ -107,11 +228,91 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         self.epoch_sums = defaultdict(float, state["epoch_sums"])
-        metrics_path = self.run_dir / "metrics.jsonl"
-        if self.world.is_main and metrics_path.exists():  # drop epochs logged after this checkpoint: they are redone
-            kept = [line for line in metrics_path.read_text().splitlines()
-                    if json.loads(line)["step"] <= self.step]
-            write_text(metrics_path, "".join(line + "\n" for line in kept))
+        records = state.get("records")
+        if records is None:  # written before checkpoints held records: metrics.jsonl has them
+            records = [r for r in self._logged_records() if r.get("step", math.inf) < self.step]
+        self.records = list(records)
+        self.checkpoint_step = self.step
+
+    def _logged_records(self) -> list[dict]:
+        """The parseable records of metrics.jsonl (restore_metrics reports the others)."""
+        try:
+            lines = (self.run_dir / "metrics.jsonl").read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+        records = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return records
+
+    def restore_metrics(self) -> None:
+        """metrics.jsonl := the records the checkpoint holds: epochs logged after it are dropped (they
+        are redone), a torn or corrupt line is dropped and a lost record restored, with a warning."""
+        path = self.run_dir / "metrics.jsonl"
+        expected = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records)
+        try:
+            text = path.read_text(errors="replace")
+        except FileNotFoundError:
+            text = None
+        if text == expected or (text is None and not expected):
+            return
+        lines = (text or "").splitlines()
+        for i, line in enumerate(lines, 1):
+            try:
+                json.loads(line)
+            except json.JSONDecodeError:
+                where = "its last line, cut short by a kill during the write" if i == len(lines) else f"line {i}"
+                _say(f"warning: {path}: {where} is not valid JSON: dropped ({line[:60]!r})")
+        if not (text or "").startswith(expected):
+            _say(f"warning: {path}: restored the records of epochs 1-{len(self.records)} from last.pt")
+        write_text(path, expected)
+
+    def _check_finite(self) -> None:
+        """Raise NonFiniteLoss when a parameter or an optimizer state tensor holds NaN or inf."""
+        bad = []
+        for name, p in self.method.named_parameters():
+            if not bool(torch.isfinite(p).all()):
+                bad.append(name)
+            for key, value in self.optimizer.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                    bad.append(f"{name} (optimizer {key})")
+        if bad:
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            raise NonFiniteLoss(f"non-finite parameters or optimizer state after step {self.step}: "
+                                f"{', '.join(bad[:5])}{more}")
+
+    def checkpoint(self) -> None:
+        """last.pt, once the updated state is checked finite: a bad update never replaces a good checkpoint."""
+        self._check_finite()
+        if self.world.is_main:
+            save_checkpoint(self.run_dir / "last.pt", self.state())
+        self.checkpoint_step = self.step
+
+    def read_checkpoint(self) -> dict | None:
+        """last.pt, or None without one. One that cannot be loaded, or is no checkpoint of this run,
+        is moved aside (renamed, never deleted) and the run starts over, with a warning naming it."""
+        path = self.run_dir / "last.pt"
+        if not path.exists():
+            return None
+        try:
+            state = torch.load(path, weights_only=False)
+            problem = _checkpoint_problem(state, self.total_steps)
+        except FileNotFoundError:  # moved aside by rank 0 meanwhile
+            return None
+        except Exception as err:  # torch raises many kinds for random bytes, a truncated or an empty file
+            problem = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+        if problem is None:
+            return state
+        if self.world.is_main:
+            aside = _set_aside(path)
+            _say(f"warning: {path} cannot be resumed from ({problem}); moved aside to {aside.name}, "
+                 f"the run starts over from step 0")
+        return None
 
     # ---- the loop ----------------------------------------------------------------------------
     def _epoch_order(self, epoch: int) -> torch.Tensor:
@@ -145,14 +346,15 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         cfg = self.cfg
         metrics_path = self.run_dir / "metrics.jsonl"
-        ckpt_path = self.run_dir / "last.pt"
         main = self.world.is_main
         progress = tqdm(total=self.total_steps, initial=self.step, desc=f"{cfg.method.name} {self.run_id}",
                         unit="step", dynamic_ncols=True, disable=not main,
                         mininterval=0.1 if sys.stderr.isatty() else 30)  # job logs: a line per 30 s
         metrics: dict[str, float] = {}
-        while self.step < self.total_steps:
-            epoch, offset = divmod(self.step, self.steps_per_epoch)
+        # at an epoch's last step (a checkpoint there is written before the epoch's end), redo that end
+        first_epoch = max(self.step - 1, 0) // self.steps_per_epoch
+        for epoch in range(first_epoch, cfg.train.epochs):
+            offset = self.step - epoch * self.steps_per_epoch
             order = self._epoch_order(epoch)
             if offset == 0:
                 self.epoch_sums = defaultdict(float)
@@ -162,8 +364,8 @@ class Trainer:
                     self.epoch_sums[k] += v
                 progress.update(1)
                 progress.set_postfix(loss=f"{stats['loss']:.3f}")
-                if main and self.step % cfg.train.checkpoint_every == 0:
-                    save_checkpoint(ckpt_path, self.state())
+                if self.step % cfg.train.checkpoint_every == 0 or self.step == self.total_steps:
+                    self.checkpoint()  # before this epoch's end below: a resume from it redoes that end
             record = {"epoch": epoch + 1, "step": self.step, "progress": self.step / self.total_steps,
                       "lr": self.scheduler.get_last_lr()[0],
                       "train": {k: v / self.steps_per_epoch for k, v in self.epoch_sums.items()}}
@@ -175,41 +377,117 @@ class Trainer:
                 record["eval"] = metrics
             if main and last_epoch and self.method.trains_cross_attention:  # what the report's CLA heat map draws
                 write_attention_example(self.method.model, self.test_split, self.run_dir / ATTENTION_EXAMPLE)
+            self.records.append(record)
             if main:
                 append_jsonl(metrics_path, record)
             self.world.barrier()
         progress.close()
-        if main:
-            save_checkpoint(ckpt_path, self.state())
         return metrics
 
     def run(self) -> dict:
-        """Train (or resume, or skip) and return the result record that was written."""
+        """Train, resume, re-evaluate or skip; return the result record that was written.
+
+        A process that finds the run directory locked by another returns `{"status": "running",
+        "holder": ...}` and writes nothing. ConfigError (bad input) leaves nothing behind.
+        """
         result_path = self.run_dir / "result.json"
-        previous = read_json(result_path)
+        previous = read_result(result_path)  # ConfigError for valid JSON that is not a result
         if previous and previous.get("status") == "ok":
             return previous
-        started, t0 = _now(), time.perf_counter()
-        self.build()  # bad input fails here, before anything is written
+        check_device(self.cfg.train.device)
+        self.world = init_from_env(self.cfg.train.device)
         main = self.world.is_main
+        created = next((d for d in reversed([self.run_dir, *self.run_dir.parents]) if not d.exists()), None)
+        lock = RunLock(self.run_dir)
+        holder, finished = self._lock(lock, result_path)
+        if holder is not None:
+            if main:
+                _say(f"run {self.run_id}: running in {describe_holder(holder)} ({lock.path} is locked); skipped")
+            return {"run_id": self.run_id, "status": "running", "holder": holder, "run_dir": str(self.run_dir)}
+        try:
+            if finished is not None:  # finished by another process since the first look
+                return finished
+            with _sigterm_interrupts():
+                return self._run_locked(result_path, created, lock)
+        finally:
+            lock.release()
+
+    def _lock(self, lock: RunLock, result_path: Path) -> tuple[dict | None, dict | None]:
+        """(holder, finished): rank 0 takes the lock, then reads the result again under it; every rank learns both."""
+        outcome: list = [None, None]
+        if self.world.is_main:
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                holder = lock.acquire()
+            except OSError as err:
+                raise ConfigError(f"output_dir={self.cfg.output_dir!r}: cannot create the run directory "
+                                  f"or its lock file {lock.path}: {err.strerror or err}") from None
+            if holder is not None:
+                outcome = [holder, None]
+            else:
+                try:
+                    done = read_result(result_path)
+                except BaseException:
+                    lock.release()
+                    raise
+                outcome = [None, done if done and done.get("status") == "ok" else None]
+        if self.world.size > 1:
+            dist.broadcast_object_list(outcome, src=0)
+        return outcome[0], outcome[1]
+
+    def _run_locked(self, result_path: Path, created: Path | None, lock: RunLock) -> dict:
+        started, t0 = _now(), time.perf_counter()
+        main = self.world.is_main
+        try:
+            self.build()  # bad input fails here, before anything is written
+        except ConfigError:
+            if main and created is not None:  # leave no trace: the directories made for the lock file
+                lock.path.unlink(missing_ok=True)
+                for d in [self.run_dir, *self.run_dir.parents]:
+                    try:
+                        d.rmdir()
+                    except OSError:  # something else appeared there meanwhile: keep it
+                        break
+                    if d == created:
+                        break
+            raise
         if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            for orphan in remove_orphans(self.run_dir):
+                _say(f"run {self.run_id}: removed {orphan.name}, left by a write that was interrupted")
             write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg))
         record = {"run_id": self.run_id, "method": self.cfg.method.name, "dataset": self.cfg.dataset.name,
                   "seed": self.cfg.seed, "config": to_container(self.cfg), "data": self.dataset.data_counts(),
                   "git_commit": git_commit(), "packages": package_versions(), "started_at": started}
+        ckpt = self.run_dir / "last.pt"
         try:
-            ckpt = self.run_dir / "last.pt"
-            if ckpt.exists():
-                self.load(torch.load(ckpt, weights_only=False))
+            state = self.read_checkpoint()
+            if state is not None:
+                try:
+                    self.load(state)
+                except Exception as err:
+                    raise RuntimeError(f"{ckpt} cannot be restored into this run ({type(err).__name__}: {err}); "
+                                       f"move it aside to start the run over") from err
                 record["resumed_from_step"] = self.step
+            if main:
+                self.restore_metrics()
+                _say(f"run {self.run_id}: " + (
+                    f"finished at step {self.step}; rerunning the final evaluation from {ckpt}"
+                    if self.step == self.total_steps else
+                    f"resuming from step {self.step} of {self.total_steps} ({ckpt})" if self.step else
+                    f"starting ({self.total_steps} steps) in {self.run_dir}"))
             metrics = self.fit()
+            if main and not metrics:
+                raise RuntimeError("training ended without the final evaluation's metrics")
             record.update(status="ok", metrics=metrics)
         except NonFiniteLoss as err:
-            record.update(status="failed", error=str(err),
-                          checkpoint=str(self.run_dir / "last.pt") if (self.run_dir / "last.pt").exists() else None)
+            kept = self.checkpoint_step is not None and ckpt.exists()
+            record.update(status="failed", error=str(err), checkpoint=str(ckpt) if kept else None,
+                          checkpoint_step=self.checkpoint_step if kept else None)
         except Exception as err:
             record.update(status="failed", error=f"{type(err).__name__}: {err}")
+            raise
+        except BaseException as err:  # Ctrl-C, SIGTERM, submitit's exit after a requeue
+            record.update(status="interrupted", error=_interruption(err, self.step), checkpoint_step=self.checkpoint_step)
             raise
         finally:
             record.update(step=self.step, finished_at=_now(),

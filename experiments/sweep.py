@@ -2,10 +2,12 @@
 
 Extra `key=value` arguments override every run; `key=[a,b]` adds a grid axis.
   --dry-run   print the runs and what would be skipped, submit nothing
-  --status    summarise done / running / failed (with the log tail) / missing
-Finished runs (result.json status ok) are skipped, so running a sweep again submits only
-what failed or is missing. `cluster=local` waits and then writes the aggregated tables;
-`cluster=slurm` submits job arrays and returns at once.
+  --status    summarise done / running / failed (with the log tail) / interrupted / missing
+Finished runs (result.json status ok) and running ones (their run.lock is held) are skipped,
+so running a sweep again submits only what failed, was interrupted or is missing; a run that
+another sweep started meanwhile is skipped by its job, which finds the lock held.
+`cluster=local` waits and then writes the aggregated tables; `cluster=slurm` submits job
+arrays and returns at once.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from analysis.aggregate import write_tables
 from analysis.report import draw
 from bacl.errors import ConfigError
 from bacl.launch import local_parallelism, make_executor, run_throttled, submit_slurm
+from bacl.results import describe_holder
 from bacl.sweep import Run, expand, load_group_file, unextracted
 from bacl.sweep_state import State, SweepJobs
 
@@ -36,13 +39,12 @@ def main(argv: list[str]) -> int:
             raise ConfigError("missing ablation=<name>")
         profile = load_group_file("cluster", groups.get("cluster", "local"))
         runs = expand(groups["ablation"], rest)
+        name, sweep_dir = groups["ablation"], Path(runs[0].cfg.output_dir)
+        jobs = SweepJobs.load(sweep_dir)
+        states = {run.run_id: jobs.state(run, slurm=profile.executor == "slurm") for run in runs}
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-
-    name, sweep_dir = groups["ablation"], Path(runs[0].cfg.output_dir)
-    jobs = SweepJobs.load(sweep_dir)
-    states = {run.run_id: jobs.state(run, slurm=profile.executor == "slurm") for run in runs}
     if args.dry_run or args.status:
         show(name, runs, states, jobs, dry_run=args.dry_run)
         return 0
@@ -75,11 +77,13 @@ def show(name: str, runs: list[Run], states: dict[str, State], jobs: SweepJobs, 
             action = "skip" if state in ("done", "running") else "submit"
             axes = " ".join(f"{k}={v}" for k, v in run.axes.items())
             print(f"{run.run_id}  {state:8s} {action:6s} {axes}")
-        elif state == "failed":
-            print(f"FAILED {run.run_id} {run.axes}: {error}")
+        elif state in ("failed", "interrupted"):
+            print(f"{state.upper()} {run.run_id} {run.axes}: {error}")
             tail = jobs.log_tail(run.run_id)
             if tail:
                 print("  " + tail.replace("\n", "\n  "))
+        elif state == "running" and error:
+            print(f"running {run.run_id} {run.axes}: {error}")
     print(f"sweep {name} ({len(runs)} runs in {jobs.sweep_dir}): "
           + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     for message in unextracted([r for r in runs if states[r.run_id][0] != "done"]) if dry_run else []:
@@ -106,18 +110,20 @@ def run_here(name: str, todo: list[Run], profile: DictConfig, jobs: SweepJobs) -
     parallel = 1 if profile.executor == "debug" else local_parallelism(profile)
     finished = run_throttled(executor, [list(run.overrides) for run in todo], profile.cpus_per_task, parallel)
     run_of = {run.overrides: run.run_id for run in todo}
-    for args, job in finished:
-        jobs.add(run_of[tuple(args)], job)
-    jobs.save()
     failed = 0
     for args, job in finished:
         try:
             outcome = job.result()
         except Exception as err:  # the job process itself died
             outcome = {"status": "failed", "error": f"{type(err).__name__}: {str(err)[-500:]}"}
+        if outcome["status"] == "running":  # another process (another sweep) holds the run and finishes it
+            print(f"skipped {run_of[tuple(args)]}: running in {describe_holder(outcome.get('holder'))}")
+            continue  # jobs.json keeps the job that runs it
+        jobs.add(run_of[tuple(args)], job)
         if outcome["status"] != "ok":
             failed += 1
             print(f"FAILED {outcome.get('run_id', args)}: {outcome.get('error')}", file=sys.stderr)
+    jobs.save()
     sweep_dir = jobs.sweep_dir
     summary = write_tables(sweep_dir)
     if not summary.empty:

@@ -58,5 +58,6 @@ def test_the_checkpoint_holds_the_method_state_and_nothing_method_specific(tiny_
     trainer = Trainer(tiny_config("method=bacl"))
     trainer.build()
     state = trainer.state()
-    assert set(state) == {"step", "method", "optimizer", "scheduler", "torch_rng", "epoch_sums"}
+    # records: the epoch records committed with the checkpoint (bacl/trainer.py's docstring), method-neutral
+    assert set(state) == {"step", "method", "optimizer", "scheduler", "torch_rng", "epoch_sums", "records"}
     assert {"bank.embeddings", "bank.written", "rng._extra_state"} <= set(state["method"])
