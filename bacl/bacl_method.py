@@ -85,9 +85,9 @@ class BACL(Method):
         if cfg.cla.enabled and cfg.cla.negative == "hardest" and cfg.negatives not in cls.SCORED:
             raise ConfigError(f"method.cla.negative=hardest needs scored candidates: method.negatives="
                               f"{cfg.negatives!r} must be one of {', '.join(cls.SCORED)}")
-        if not cfg.negatives_in_contrast and not cfg.cla.enabled:
-            raise ConfigError("method.negatives_in_contrast=false with method.cla.enabled=false leaves the "
-                              "sampled negatives unused: enable one of them")
+        if not cfg.negatives_in_contrast and not cfg.cla.enabled and cfg.itm_weight == 0:
+            raise ConfigError("method.negatives_in_contrast=false with method.cla.enabled=false and "
+                              "method.itm_weight=0 leaves the sampled negatives unused: enable one of them")
 
     def __init__(self, cfg, *args, **kwargs):
         super().__init__(cfg, *args, **kwargs)
@@ -118,7 +118,7 @@ class BACL(Method):
                 self.policy(img.detach(), self.bank.lookup(candidates), scores, context))
             logits = logits + priority
             terms["policy_bs_corr"] = row_correlation(priority.detach(), scores)
-        noise = batch.draw(candidates.shape[1:], self.rng["sampling"])
+        noise = batch.draw(candidates.shape[1:], self.rng["gumbel"])
         m = self.cfg.num_negatives
         pick = gumbel_topk_st(logits, self.cfg.policy.gumbel_tau, m, noise)
         if self.policy is not None:  # a loss term and statistics (keys ending in _loss are summed)

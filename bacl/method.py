@@ -30,7 +30,7 @@ from bacl.errors import ConfigError, require
 from bacl.losses import info_nce
 from bacl.model import AlignmentModel, Encoded, build_model
 from bacl.registry import METHODS
-from bacl.rng import Generators
+from bacl.rng import Generators, stream_seed
 from bacl.sampler import boundary_scores
 
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on 1 / temperature
@@ -82,7 +82,7 @@ class Method(nn.Module):
         self.train_split = train
         self.pool = pool
         self.model.logit_scale.requires_grad_(cfg.learn_temperature)
-        self.rng = Generators({"sampling": seed + 1})  # captions, pool draws and Gumbel noise
+        self.rng = Generators(seed, ("captions", "negatives", "gumbel", "itm"))
         self.bank = (EmbeddingBank(train.n_texts, model.head["text"].out_features, refresh_every)
                      if cfg.negatives in self.SCORED else None)  # only scored negatives need it
 
@@ -90,7 +90,7 @@ class Method(nn.Module):
         """This rank's rows of a global batch of items, each with a randomly drawn caption."""
         split, rows = self.train_split, self.world.rows(global_items.shape[0])
         global_items = global_items.to(split.vision.device)
-        captions = split.random_caption(global_items, self.rng["sampling"])[rows]
+        captions = split.random_caption(global_items, self.rng["captions"])[rows]
         items = global_items[rows]
         return Batch(global_items, rows, captions, split.vision[items].float(), split.text[captions].float())
 
@@ -104,7 +104,7 @@ class Method(nn.Module):
             return Negatives(self.uniform_data_captions(batch, m), None), {}
         candidates = self.candidates(batch)  # [b, k]
         if self.cfg.negatives == "uniform":
-            pick = batch.draw(candidates.shape[1:], self.rng["sampling"]).argsort(dim=1)[:, :m]
+            pick = batch.draw(candidates.shape[1:], self.rng["negatives"]).argsort(dim=1)[:, :m]
             return Negatives(torch.gather(candidates, 1, pick), None), {}
         scores = self.candidate_scores(img, txt, candidates, step)
         top = scores.topk(m, dim=1)
@@ -126,7 +126,7 @@ class Method(nn.Module):
     # ---- shared machinery ----------------------------------------------------------------
     def candidates(self, batch: Batch) -> torch.Tensor:
         """[b, k] one random caption of each FAISS candidate item of each local anchor."""
-        drawn = self.train_split.random_caption(self.pool[batch.global_items], self.rng["sampling"])
+        drawn = self.train_split.random_caption(self.pool[batch.global_items], self.rng["negatives"])
         return drawn[batch.rows]
 
     def uniform_data_captions(self, batch: Batch, m: int) -> torch.Tensor:
@@ -135,10 +135,10 @@ class Method(nn.Module):
         Theorem 4.2's uniform sampling is over the data, not over a FAISS pool of neighbours.
         """
         n = self.train_split.n_items
-        u = torch.rand((batch.global_items.shape[0], m), generator=self.rng["sampling"]).to(batch.global_items.device)
+        u = torch.rand((batch.global_items.shape[0], m), generator=self.rng["negatives"]).to(batch.global_items.device)
         other = (u * (n - 1)).long().clamp_max(n - 2)
         items = other + (other >= batch.global_items[:, None]).long()  # skip the anchor's own index
-        return self.train_split.random_caption(items, self.rng["sampling"])[batch.rows]
+        return self.train_split.random_caption(items, self.rng["negatives"])[batch.rows]
 
     @property
     def reranks(self) -> bool:
@@ -161,23 +161,30 @@ class Method(nn.Module):
 
     def match_loss(self, batch: Batch, vision: Encoded, text: Encoded, negatives: Negatives | None
                    ) -> dict[str, torch.Tensor]:
-        """ITM: BCE of the match score on (caption, its image) = 1 and (the top negative, that image) = 0."""
+        """ITM: BCE of the match score, 1 for (caption, its image), 0 for the image with each of its negatives.
+
+        Every arm uses an in-batch hard negative sampled ∝ softmax(sim / τ) (ALBEF), so the head
+        learns coarse matching, which re-ranking a mixed shortlist needs; a pool method adds its own
+        top negative, so what it samples also trains the head.
+        """
         if not self.reranks:
             return {}
-        if negatives is None:  # in-batch: sample a hard negative from the gathered batch (ALBEF)
-            all_txt, all_shared = self.world.gather(text.embedding), self.world.gather(text.shared)
-            sims = self.logit_scale.detach() * (vision.embedding.detach() @ all_txt.detach().T)
-            own = torch.arange(batch.rows.start, batch.rows.stop, device=sims.device)
-            sims[torch.arange(sims.shape[0], device=sims.device), own] = float("-inf")
-            gumbel = -torch.log(-torch.log(batch.draw(sims.shape[1:], self.rng["sampling"]).clamp(1e-10, 1 - 1e-10)))
-            neg_shared = all_shared[(sims + gumbel).argmax(dim=1)]
-        else:
-            captions, neg_shared = negatives.first()
-            if neg_shared is None:
-                with torch.set_grad_enabled(self.cfg.negative_grad):
-                    neg_shared = self.model.shared(self.train_split.text[captions].float(), "text")
-        match, _ = self.model.cross(torch.cat([text.shared, neg_shared]), torch.cat([vision.hidden, vision.hidden]))
-        target = torch.cat([torch.ones(len(neg_shared)), torch.zeros(len(neg_shared))]).to(match.device)
+        all_txt, all_shared = self.world.gather(text.embedding), self.world.gather(text.shared)
+        sims = self.logit_scale.detach() * (vision.embedding.detach() @ all_txt.detach().T)
+        own = torch.arange(batch.rows.start, batch.rows.stop, device=sims.device)
+        sims[torch.arange(sims.shape[0], device=sims.device), own] = float("-inf")
+        gumbel = -torch.log(-torch.log(batch.draw(sims.shape[1:], self.rng["itm"]).clamp(1e-10, 1 - 1e-10)))
+        states = [text.shared, all_shared[(sims + gumbel).argmax(dim=1)]]
+        if negatives is not None:
+            captions, own_negative = negatives.first()
+            if own_negative is None or not self.cfg.negative_grad:
+                # with gradient whatever `negative_grad` says: if only the positive caption's state could move,
+                # the cheapest way to lower the loss is to make every caption "match" (it collapsed the model)
+                own_negative = self.model.shared(self.train_split.text[captions].float(), "text")
+            states.append(own_negative)
+        match, _ = self.model.cross(torch.cat(states), vision.hidden.repeat(len(states), 1, 1))
+        target = torch.zeros_like(match)
+        target[: len(text.shared)] = 1.0
         return {"itm_loss": self.cfg.itm_weight * F.binary_cross_entropy_with_logits(match, target)}
 
     def candidate_scores(self, img: torch.Tensor, txt: torch.Tensor, candidates: torch.Tensor,
@@ -237,9 +244,11 @@ class Method(nn.Module):
 def build_method(cfg: DictConfig, train: FeatureSplit, pool: torch.Tensor, world: World = World()) -> Method:
     """The registered method of run config `cfg` with a fresh model, for a training split and its [N, k] pool.
 
-    Consumes torch's global generator for the model's initial weights (the caller seeds it).
+    The initial weights come from the run's `model_init` stream (torch's global generator is seeded
+    with it), so every method at one seed starts from the same model.
     """
     batch_size = min(cfg.train.batch_size, train.n_items)
+    torch.manual_seed(stream_seed(cfg.seed, "model_init"))
     model = build_model(cfg.model, train, cfg.method.init_temperature)
     method_cls = METHODS.entry(cfg.method.name).load()
     refresh_every = cfg.method.bank_refresh_steps or train.n_items // batch_size  # 0: once an epoch

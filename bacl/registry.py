@@ -54,6 +54,9 @@ METHODS = Registry("method", {
     "bacl": Entry("bacl.bacl_method:BACL"),
     "bns_only": Entry("bacl.bacl_method:BACL", {"cla.enabled": False}),
     "cla_only": Entry("bacl.bacl_method:BACL", {"negatives": "hardest", "negatives_in_contrast": False}),
+    # cla_only without CLA: the match head on the same hardest candidate, CLA's one-change control
+    "itm_hardest": Entry("bacl.bacl_method:BACL", {"negatives": "hardest", "negatives_in_contrast": False,
+                                                   "cla.enabled": False}),
     "bns_no_curriculum": Entry("bacl.bacl_method:BACL", {"schedule.kind": "constant"}),
     "bns_curriculum_only": Entry("bacl.bacl_method:BACL", {"policy.weight": 0.0}),
 })

@@ -113,7 +113,15 @@ def expand(name: str, args: list[str]) -> list[Run]:
     if not any(a.startswith("output_dir=") for a in cli_fixed):
         cli_fixed.append(f"output_dir=results/{name}")
     base = list(spec.base)
-    seeds = list(spec.seeds)
+    # `seed=[0,1]` (or `seed=3`) on the command line replaces the file's seeds
+    seeds = cli_axes.pop("seed", None) or list(spec.seeds)
+    fixed_seed = [a for a in cli_fixed if a.startswith("seed=")]
+    if fixed_seed:
+        cli_fixed.remove(fixed_seed[0])
+        value = fixed_seed[0].partition("=")[2]
+        if not value.lstrip("-").isdigit():
+            raise ConfigError(f"command line: seed={value!r} is not an integer (seed=3, or seed=[0,1] for an axis)")
+        seeds = [int(value)]
     runs: dict[str, Run] = {}
     for entry in OmegaConf.to_container(spec.grid):
         axes = {**{axis: _axis_values(axis, values) for axis, values in entry.items()}, **cli_axes, "seed": seeds}

@@ -75,6 +75,7 @@ from bacl.results import (
     write_json,
     write_text,
 )
+from bacl.rng import stream_seed
 
 CHECKPOINT_KEYS = ("step", "method", "optimizer", "scheduler", "torch_rng", "epoch_sums")
 
@@ -316,7 +317,7 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def _epoch_order(self, epoch: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        gen = torch.Generator().manual_seed(stream_seed(self.cfg.seed, "epoch_order", epoch))
         return torch.randperm(self.train_split.n_items, generator=gen)
 
     def backward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

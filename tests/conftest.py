@@ -3,7 +3,6 @@ import shutil
 import subprocess
 
 import pytest
-import torch
 
 import bacl.sweep as sweep
 from bacl.config import load_config
@@ -27,7 +26,6 @@ def tiny_method(tiny_config):
     """A method built directly (no Trainer) on the tiny synthetic split and its FAISS pool."""
     def make(*overrides: str) -> Method:
         cfg = tiny_config(*overrides)
-        torch.manual_seed(cfg.seed)
         data = DATASETS.entry(cfg.dataset.name).load()(cfg.dataset)
         return build_method(cfg, data.train, data.candidate_pool(cfg.pool))
     return make

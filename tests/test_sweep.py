@@ -218,3 +218,10 @@ def test_slurm_submission_is_chunked_to_max_array_size():
     jobs = submit_slurm(ex, [[f"seed={i}"] for i in range(5)], threads=1, max_array_size=2)
     assert [len(c) for c in ex.calls] == [2, 2, 1] and len(jobs) == 5
     assert [a for c in ex.calls for a in c] == [[f"seed={i}"] for i in range(5)]  # order kept
+
+
+def test_seeds_on_the_command_line_replace_the_files_seeds(tmp_path):
+    runs = sweep.expand("components", [f"output_dir={tmp_path}", "seed=[0,1]"])
+    assert sorted({r.axes["seed"] for r in runs}) == [0, 1] and len(runs) == 9 * 2
+    one = sweep.expand("components", [f"output_dir={tmp_path}", "seed=7"])
+    assert {r.axes["seed"] for r in one} == {7} and all(r.cfg.seed == 7 for r in one)
