@@ -5,7 +5,7 @@ with τ the contrastive temperature so BS is in logit units and b bounding the l
 a straight-through Gumbel sample picks the negatives. The paper says the policy is
 "optimised through Gumbel-Softmax with the boundary score as reward"; two readings:
 - `conditioned` (default): the reward is the curriculum-signed −α(η)·BS of what it picked,
-  and the policy sees α and η, so its learned priority can follow the curriculum from
+  and the policy sees α, η and α·BS, so its learned priority follows the curriculum from
   "prefer easy" (α > 0) to "prefer hard" (α < 0) instead of carrying one sign throughout;
 - `literal`: the reward is BS itself (always "prefer hard") and the curriculum acts only
   through the −α·BS/τ term of the logits.
@@ -94,8 +94,8 @@ class BACL(Method):
         self.curriculum = Curriculum(**cfg.schedule)
         self.policy = None
         if cfg.negatives == "bns" and cfg.policy.weight > 0:
-            context = 2 if cfg.policy.reading == "conditioned" else 0
-            self.policy = PolicyNet(self.model.head["text"].out_features, cfg.policy.hidden, context)
+            self.policy = PolicyNet(self.model.head["text"].out_features, cfg.policy.hidden,
+                                    conditioned=cfg.policy.reading == "conditioned")
 
     @property
     def trains_cross_attention(self) -> bool:
@@ -112,10 +112,9 @@ class BACL(Method):
         logits = -alpha * self.logit_scale.detach() * scores
         terms: dict[str, torch.Tensor] = {"alpha": torch.tensor(alpha)}
         if self.policy is not None:
-            context = (torch.tensor([alpha, progress], device=scores.device)
-                       if self.cfg.policy.reading == "conditioned" else None)
+            schedule = (alpha, progress) if self.cfg.policy.reading == "conditioned" else (None, None)
             priority = self.cfg.policy.bound * torch.tanh(
-                self.policy(img.detach(), self.bank.lookup(candidates), scores, context))
+                self.policy(img.detach(), self.bank.lookup(candidates), scores, *schedule))
             logits = logits + priority
             terms["policy_bs_corr"] = row_correlation(priority.detach(), scores)
         noise = batch.draw(candidates.shape[1:], self.rng["gumbel"])

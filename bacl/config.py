@@ -69,7 +69,7 @@ class TrainConfig:
 class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
     every_epochs: int = 1
-    rerank_k: int = 16  # dual-encoder shortlist per query re-scored by the match head (ALBEF's k_test); 0: off
+    rerank_k: int = 8  # dual-encoder shortlist per query re-scored with the match head (ALBEF's k_test); 0: off
 
 
 @dataclass

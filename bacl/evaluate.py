@@ -1,9 +1,10 @@
 """Held-out evaluation: dual-encoder and re-ranked retrieval, alignment margin, attention-error localisation.
 
-Re-ranking follows ALBEF's evaluation: each query's dual-encoder top `rerank_k` candidates
-are re-scored by the trained cross-modal match head and ranked above the rest, which keep
-their dual-encoder order (`rerank_{i2t,t2i}_R@k`). It is what makes the cross-attention,
-which CLA and ITM train, part of an evaluated score.
+Re-ranking follows ALBEF's and BLIP's evaluation: each query's dual-encoder top `rerank_k`
+candidates are re-scored and ranked above the rest, which keep their dual-encoder order
+(`rerank_{i2t,t2i}_R@k`). The new score is BLIP's, the match logit plus the dual-encoder
+similarity, here in logit units (similarity / temperature) so neither term dominates by scale.
+It is what makes the cross-attention, which CLA and ITM train, part of an evaluated score.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from bacl.data.split import FeatureSplit
 from bacl.data.synthetic import ambiguous_pairs
 from bacl.metrics import retrieval_metrics
-from bacl.model import AlignmentModel
+from bacl.model import MAX_LOGIT_SCALE, AlignmentModel
 
 CHUNK = 1024
 
@@ -103,17 +104,18 @@ def match_scores(model: AlignmentModel, text_shared: torch.Tensor, vision_hidden
 
 def reranked_retrieval(model: AlignmentModel, split: FeatureSplit, scores: torch.Tensor, k: int,
                        ks: Sequence[int]) -> dict[str, float]:
-    """`rerank_{i2t,t2i}_R@k`: the dual-encoder shortlist of `k` per query re-scored by the match head."""
+    """`rerank_{i2t,t2i}_R@k`: the dual-encoder shortlist of `k` per query re-scored by match + similarity / τ."""
     vision_hidden = torch.cat([model.encode(split.vision[i:i + CHUNK].float(), "vision").hidden
                                for i in range(0, split.n_items, CHUNK)])
     text_shared = torch.cat([model.shared(split.text[i:i + CHUNK].float(), "text")
                              for i in range(0, split.n_texts, CHUNK)])
-    out = {}
+    out, scale = {}, float(model.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE))
     for direction, dual in (("i2t", scores), ("t2i", scores.T)):
         top = dual.topk(min(k, dual.shape[1]), dim=1).indices  # [queries, k]
         queries = torch.arange(dual.shape[0], device=dual.device)[:, None].expand_as(top)
         captions, items = (top, queries) if direction == "i2t" else (queries, top)
-        reranked = dual.scatter(1, top, RERANK_ABOVE + match_scores(model, text_shared, vision_hidden, captions, items))
+        score = match_scores(model, text_shared, vision_hidden, captions, items) + scale * dual.gather(1, top)
+        reranked = dual.scatter(1, top, RERANK_ABOVE + score)
         matrix = reranked if direction == "i2t" else reranked.T
         out.update({f"rerank_{key}": value for key, value in retrieval_metrics(matrix, split.text_item, ks).items()
                     if key.startswith(f"{direction}_R@")})

@@ -28,12 +28,10 @@ from bacl.data.split import FeatureSplit
 from bacl.distributed import World
 from bacl.errors import ConfigError, require
 from bacl.losses import info_nce
-from bacl.model import AlignmentModel, Encoded, build_model
+from bacl.model import MAX_LOGIT_SCALE, AlignmentModel, Encoded, build_model
 from bacl.registry import METHODS
 from bacl.rng import Generators, stream_seed
 from bacl.sampler import boundary_scores
-
-MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on 1 / temperature
 
 
 @dataclass

@@ -26,6 +26,8 @@ from torch import nn
 
 from bacl.data.split import FeatureSplit
 
+MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on 1 / temperature
+
 
 class Attention(nn.Module):
     def __init__(self, width: int, heads: int, dropout: float):

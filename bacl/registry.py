@@ -63,8 +63,9 @@ METHODS = Registry("method", {
 
 # Presets here are dotted keys of the whole run config (a dataset may suit a smaller model).
 DATASETS = Registry("dataset", {
+    # a width-128 model's ops are tiny: one thread each (two OpenMP threads stall whenever anything else runs)
     "synthetic": Entry("bacl.data.synthetic:SyntheticDataset",
-                       {"model.width": 128, "model.heads": 4, "train.batch_size": 32}),
+                       {"model.width": 128, "model.heads": 4, "train.batch_size": 32, "train.threads": 1}),
     "laion400m": Entry("bacl.data.laion400m:Laion400M"),
     "webvid10m": Entry("bacl.data.webvid10m:WebVid10M"),
     "wavtext5k": Entry("bacl.data.wavtext5k:WavText5K"),

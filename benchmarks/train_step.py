@@ -27,7 +27,8 @@ from bacl.trainer import Trainer  # noqa: E402
 # The component waterfall: each method adds one BACL part to the one before it.
 WATERFALL = (
     ("clip", "CLIP: symmetric InfoNCE, in-batch negatives"),
-    ("uniform_hn", "+ pool negatives: text pass of m per anchor, in the contrast"),
+    ("clip_itm", "+ match head (ITM) on an in-batch hard negative, as every arm but clip trains it"),
+    ("uniform_hn", "+ pool negatives: text pass of m per anchor, in the contrast, and ITM on one"),
     ("hardest", "+ boundary scores: bank gather and scoring of the k candidates"),
     ("bns_only", "+ BNS policy and Gumbel selection"),
     ("bacl", "+ CLA: cross-attention maps of positive and hardest negative"),

@@ -19,7 +19,9 @@ def test_reranked_retrieval_equals_a_per_query_loop(tiny_method):
         hits = []
         for i in range(split.n_items):
             short = dual[i].topk(k).indices.tolist()
-            match = {c: float(model.cross(txt.shared[[c]], img.hidden[[i]])[0]) for c in short}
+            scale = float(model.logit_scale.exp().clamp(max=100))
+            match = {c: float(model.cross(txt.shared[[c]], img.hidden[[i]])[0]) + scale * float(dual[i, c])
+                     for c in short}
             order = sorted(short, key=lambda c: -match[c]) + [c for c in dual[i].argsort(descending=True).tolist()
                                                                if c not in short]
             hits.append(int(split.text_item[order[0]]) == i)
@@ -59,26 +61,26 @@ def test_sibling_fraction_counts_negatives_one_attribute_away(tiny_method):
 def policy_after_training(context: bool, alpha: float, steps: int = 300) -> float:
     """Correlation of a trained policy's priority with BS, at curriculum value `alpha`."""
     torch.manual_seed(0)
-    policy = PolicyNet(dim=4, hidden=32, context=2 if context else 0)
+    policy = PolicyNet(dim=4, hidden=32, conditioned=context)
     opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(1)
 
     def features(a: float):
         anchor, cands = torch.randn(64, 4, generator=g), torch.randn(64, 8, 4, generator=g)
         bs = torch.randn(64, 8, generator=g)
-        ctx = torch.tensor([a, 0.0 if a > 0 else 1.0]) if context else None
+        ctx = (a, 0.0 if a > 0 else 1.0) if context else (None, None)
         return anchor, cands, bs, ctx
     for step in range(steps):
         a = 0.5 if step % 2 else -0.5  # the curriculum's two regimes, interleaved
         anchor, cands, bs, ctx = features(a)
-        pick = gumbel_topk_st(policy(anchor, cands, bs, ctx), 1.0, 1, torch.rand(bs.shape, generator=g))
+        pick = gumbel_topk_st(policy(anchor, cands, bs, *ctx), 1.0, 1, torch.rand(bs.shape, generator=g))
         loss = -(pick * (-a * bs)).sum(dim=1).mean()  # the conditioned reading's reward −α·BS
         opt.zero_grad()
         loss.backward()
         opt.step()
     anchor, cands, bs, ctx = features(alpha)
     with torch.no_grad():
-        return float(row_correlation(policy(anchor, cands, bs, ctx), bs))
+        return float(row_correlation(policy(anchor, cands, bs, *ctx), bs))
 
 
 def test_a_policy_that_sees_alpha_follows_the_curriculum_sign():

@@ -362,14 +362,19 @@ def corrupt_bytes(kind: str, good: bytes) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("kind", ["random", "truncated", "empty", "not_a_checkpoint"])
-def test_a_corrupt_checkpoint_is_moved_aside_and_the_run_starts_over(tmp_path, capfd, monkeypatch, straight, kind):
+def killed_after_checkpoint(tmp_path: Path, monkeypatch, step: int = 9) -> Path:
+    """The run directory of a default run killed right after its checkpoint at `step`."""
     cfg = config(tmp_path)
     with monkeypatch.context() as m:
-        kill_at(m, "checkpoint", 9)
+        kill_at(m, "checkpoint", step)
         with pytest.raises(Killed):
             Trainer(cfg).run()
-    run_dir = Trainer(cfg).run_dir
+    return Trainer(cfg).run_dir
+
+
+@pytest.mark.parametrize("kind", ["random", "truncated", "empty", "not_a_checkpoint"])
+def test_a_corrupt_checkpoint_is_moved_aside_and_the_run_starts_over(tmp_path, capfd, monkeypatch, straight, kind):
+    run_dir = killed_after_checkpoint(tmp_path, monkeypatch)
     bad = corrupt_bytes(kind, (run_dir / "last.pt").read_bytes())
     (run_dir / "last.pt").write_bytes(bad)
     capfd.readouterr()
@@ -384,17 +389,12 @@ def test_a_corrupt_checkpoint_is_moved_aside_and_the_run_starts_over(tmp_path, c
 
 @pytest.mark.parametrize("damage", ["deleted", "torn_last_line", "corrupt_middle_line", "checkpoint_without_records"])
 def test_a_damaged_metrics_log_is_restored_from_the_checkpoint(tmp_path, capfd, monkeypatch, straight, damage):
-    cfg = config(tmp_path)
-    with monkeypatch.context() as m:
-        kill_at(m, "checkpoint", 9)
-        with pytest.raises(Killed):
-            Trainer(cfg).run()
-    path = Trainer(cfg).run_dir / "metrics.jsonl"
+    path = killed_after_checkpoint(tmp_path, monkeypatch) / "metrics.jsonl"
     if damage == "checkpoint_without_records":  # as written before checkpoints held records: read metrics.jsonl
         state = torch.load(path.parent / "last.pt", weights_only=False)
         del state["records"]
         torch.save(state, path.parent / "last.pt")
-        assert Trainer(cfg).run()["status"] == "ok"
+        assert Trainer(config(tmp_path)).run()["status"] == "ok"
         assert_same_run(path.parent, straight)
         return
     if damage == "deleted":
@@ -405,7 +405,7 @@ def test_a_damaged_metrics_log_is_restored_from_the_checkpoint(tmp_path, capfd, 
     else:
         path.write_text("garbage\n" + path.read_text())
     capfd.readouterr()
-    assert Trainer(cfg).run()["status"] == "ok"
+    assert Trainer(config(tmp_path)).run()["status"] == "ok"
     err = capfd.readouterr().err
     assert f"warning: {path}" in err
     assert_same_run(path.parent, straight)
