@@ -1,14 +1,17 @@
 """BACL = BNS (policy + curriculum + Gumbel selection over FAISS candidates) + CLA.
 
-Selection logits (our reading, docs/paper-gaps.md): b·tanh(π(a, n, BS, α, η)) − α(η)·BS/τ,
-with τ the contrastive temperature so BS is in logit units and b bounding the learned part;
-a straight-through Gumbel sample picks the negatives. The paper says the policy is
-"optimised through Gumbel-Softmax with the boundary score as reward"; two readings:
-- `conditioned` (default): the reward is the curriculum-signed −α(η)·BS of what it picked,
-  and the policy sees α, η and α·BS, so its learned priority follows the curriculum from
-  "prefer easy" (α > 0) to "prefer hard" (α < 0) instead of carrying one sign throughout;
-- `literal`: the reward is BS itself (always "prefer hard") and the curriculum acts only
-  through the −α·BS/τ term of the logits.
+The paper: the policy "is optimised through Gumbel-Softmax with the boundary score as reward",
+and α(η) turns BNS from suppressing hard negatives (α > 0) to seeking them (α < 0). Two
+readings of how the learned priority π(a, n) and the curriculum combine
+(`method.policy.reading`, docs/paper-gaps.md), with BS in logit units (÷ τ, the contrastive
+temperature) and b = `policy.bound`:
+- `scaled` (default): logits = −α(η)·(BS/τ + b·tanh π). The policy learns a correction to
+  the boundary score, a learned difficulty, and the curriculum decides whether difficulty is
+  sought or avoided. Its reward is the curriculum-signed −α(η)·BS of what it picked; the
+  gradient through −α flips with the reward, so the policy keeps learning one consistent
+  notion of difficulty in both phases while its effect on the selection changes sign with α.
+- `literal`: logits = b·tanh π − α(η)·BS/τ with reward BS itself ("harder is better"): the
+  policy's preference has one sign throughout and the curriculum acts only through its term.
 `policy.weight = 0` drops the policy network: selection is curriculum + Gumbel noise only
 (`bns_curriculum_only`), so the policy's own contribution gets a verdict. The selection
 enters the contrastive loss only as indices, so the policy learns from its reward alone.
@@ -36,7 +39,7 @@ class PolicyConfig:
     gumbel_tau: float = 1.0
     weight: float = 1.0  # weight of the policy's reward objective
     bound: float = 2.0  # |π| <= bound: the learned priority modulates the curriculum, never overrides it
-    reading: str = "conditioned"  # conditioned: reward −α·BS, α and η as inputs | literal: reward BS
+    reading: str = "scaled"  # scaled: −α·(BS/τ + learned), reward −α·BS | literal: learned − α·BS/τ, reward BS
 
 
 @dataclass
@@ -56,7 +59,7 @@ class BACLConfig(MethodConfig):
     cla: ClaConfig = field(default_factory=ClaConfig)
 
 
-POLICY_READINGS = ("conditioned", "literal")
+POLICY_READINGS = ("scaled", "literal")
 CLA_NEGATIVES = ("hardest", "selected")
 
 
@@ -94,8 +97,7 @@ class BACL(Method):
         self.curriculum = Curriculum(**cfg.schedule)
         self.policy = None
         if cfg.negatives == "bns" and cfg.policy.weight > 0:
-            self.policy = PolicyNet(self.model.head["text"].out_features, cfg.policy.hidden,
-                                    conditioned=cfg.policy.reading == "conditioned")
+            self.policy = PolicyNet(self.model.head["text"].out_features, cfg.policy.hidden)
 
     @property
     def trains_cross_attention(self) -> bool:
@@ -109,19 +111,20 @@ class BACL(Method):
         scores = self.candidate_scores(img, txt, candidates, step)  # detached
         alpha = self.curriculum.alpha(progress)
         # BS in logit units (× 1/temperature), the scale at which the contrastive loss sees it
-        logits = -alpha * self.logit_scale.detach() * scores
+        difficulty = self.logit_scale.detach() * scores
+        scaled = self.cfg.policy.reading == "scaled"
         terms: dict[str, torch.Tensor] = {"alpha": torch.tensor(alpha)}
+        learned = torch.zeros_like(scores)
         if self.policy is not None:
-            schedule = (alpha, progress) if self.cfg.policy.reading == "conditioned" else (None, None)
-            priority = self.cfg.policy.bound * torch.tanh(
-                self.policy(img.detach(), self.bank.lookup(candidates), scores, *schedule))
-            logits = logits + priority
-            terms["policy_bs_corr"] = row_correlation(priority.detach(), scores)
+            learned = self.cfg.policy.bound * torch.tanh(self.policy(img.detach(), self.bank.lookup(candidates), scores))
+        logits = -alpha * (difficulty + learned) if scaled else learned - alpha * difficulty
+        if self.policy is not None:  # the policy's effect on the selection logits, against BS
+            terms["policy_bs_corr"] = row_correlation((-alpha * learned if scaled else learned).detach(), scores)
         noise = batch.draw(candidates.shape[1:], self.rng["gumbel"])
         m = self.cfg.num_negatives
         pick = gumbel_topk_st(logits, self.cfg.policy.gumbel_tau, m, noise)
         if self.policy is not None:  # a loss term and statistics (keys ending in _loss are summed)
-            reward = -alpha * scores if self.cfg.policy.reading == "conditioned" else scores
+            reward = -alpha * scores if scaled else scores
             terms["policy_loss"] = -self.cfg.policy.weight * (pick * reward).sum(dim=1).mean() / m
         chosen = pick.detach().topk(m, dim=1).indices
         hardest = candidates.gather(1, scores.argmax(dim=1, keepdim=True)).squeeze(1)

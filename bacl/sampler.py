@@ -29,24 +29,13 @@ def gumbel_topk_st(logits: torch.Tensor, tau: float, m: int, u: torch.Tensor) ->
 
 
 class PolicyNet(nn.Module):
-    """The BNS priority network: a 2-layer MLP over (anchor ⊙ candidate, sim, BS[, α·BS, α, η]).
+    """The BNS priority network: a 2-layer MLP over (anchor ⊙ candidate, sim, BS)."""
 
-    In the conditioned reading the policy also sees the curriculum: α and the training progress
-    η (the same for every candidate) and the curriculum-signed score α·BS, so a priority it has
-    learned on α·BS changes sign with α instead of having to be relearned as the learning rate
-    decays.
-    """
-
-    def __init__(self, dim: int, hidden: int, conditioned: bool = False):
+    def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim + (5 if conditioned else 2), hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.net = nn.Sequential(nn.Linear(dim + 2, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
-    def forward(self, anchor: torch.Tensor, candidates: torch.Tensor, scores: torch.Tensor,
-                alpha: float | None = None, progress: float | None = None) -> torch.Tensor:
-        """`alpha` and `progress` are given exactly when the network was built `conditioned`."""
+    def forward(self, anchor: torch.Tensor, candidates: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         sim = torch.einsum("bd,bkd->bk", anchor, candidates)
-        parts = [anchor[:, None] * candidates, sim[..., None], scores[..., None]]
-        if alpha is not None:
-            parts += [alpha * scores[..., None], torch.full_like(sim, alpha)[..., None],
-                      torch.full_like(sim, progress)[..., None]]
-        return self.net(torch.cat(parts, dim=-1)).squeeze(-1)
+        features = torch.cat([anchor[:, None] * candidates, sim[..., None], scores[..., None]], dim=-1)
+        return self.net(features).squeeze(-1)

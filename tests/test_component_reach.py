@@ -58,33 +58,41 @@ def test_sibling_fraction_counts_negatives_one_attribute_away(tiny_method):
     assert abs(float(out["sibling_fraction"]) - sum(siblings) / len(siblings)) < 1e-6
 
 
-def policy_after_training(context: bool, alpha: float, steps: int = 300) -> float:
-    """Correlation of a trained policy's priority with BS, at curriculum value `alpha`."""
+def policy_effect_after_training(reading: str, alpha: float, steps: int = 300) -> float:
+    """Correlation with BS of a trained policy's effect on the selection logits, at curriculum value `alpha`.
+
+    The policy is trained on both phases of the curriculum (α = ±0.5, interleaved), as BACL's is over a run.
+    """
     torch.manual_seed(0)
-    policy = PolicyNet(dim=4, hidden=32, conditioned=context)
+    policy = PolicyNet(dim=4, hidden=32)
     opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(1)
 
-    def features(a: float):
-        anchor, cands = torch.randn(64, 4, generator=g), torch.randn(64, 8, 4, generator=g)
-        bs = torch.randn(64, 8, generator=g)
-        ctx = (a, 0.0 if a > 0 else 1.0) if context else (None, None)
-        return anchor, cands, bs, ctx
+    def logits_and_effect(a: float, anchor, cands, bs):
+        learned = 2.0 * torch.tanh(policy(anchor, cands, bs))
+        if reading == "scaled":
+            return -a * (bs + learned), -a * learned
+        return learned - a * bs, learned
+
+    def draw():
+        return torch.randn(64, 4, generator=g), torch.randn(64, 8, 4, generator=g), torch.randn(64, 8, generator=g)
     for step in range(steps):
-        a = 0.5 if step % 2 else -0.5  # the curriculum's two regimes, interleaved
-        anchor, cands, bs, ctx = features(a)
-        pick = gumbel_topk_st(policy(anchor, cands, bs, *ctx), 1.0, 1, torch.rand(bs.shape, generator=g))
-        loss = -(pick * (-a * bs)).sum(dim=1).mean()  # the conditioned reading's reward −α·BS
+        a = 0.5 if step % 2 else -0.5
+        anchor, cands, bs = draw()
+        logits, _ = logits_and_effect(a, anchor, cands, bs)
+        pick = gumbel_topk_st(logits, 1.0, 1, torch.rand(bs.shape, generator=g))
+        reward = -a * bs if reading == "scaled" else bs
+        loss = -(pick * reward).sum(dim=1).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    anchor, cands, bs, ctx = features(alpha)
+    anchor, cands, bs = draw()
     with torch.no_grad():
-        return float(row_correlation(policy(anchor, cands, bs, *ctx), bs))
+        return float(row_correlation(logits_and_effect(alpha, anchor, cands, bs)[1], bs))
 
 
-def test_a_policy_that_sees_alpha_follows_the_curriculum_sign():
-    assert policy_after_training(True, +0.5) < -0.5  # early: prefer easy negatives (low BS)
-    assert policy_after_training(True, -0.5) > 0.5  # late: prefer hard ones
-    # without α it cannot tell the phases apart: the two rewards cancel and it learns no preference
-    assert abs(policy_after_training(False, +0.5)) < 0.2
+def test_the_scaled_policy_follows_the_curriculum_and_the_literal_one_does_not():
+    assert policy_effect_after_training("scaled", +0.5) < -0.5  # early: its effect favours easy negatives (low BS)
+    assert policy_effect_after_training("scaled", -0.5) > 0.5  # late: hard ones
+    literal = policy_effect_after_training("literal", +0.5), policy_effect_after_training("literal", -0.5)
+    assert literal[0] > 0.5 and literal[1] > 0.5  # "harder is better" in both phases
