@@ -164,19 +164,19 @@ def write_report(root: Path) -> list[Path]:
                           f"Mean boundary score of the sampled negatives against training progress ({where(dataset)}); "
                           "BNS should move from easy (low) to hard (near 0).")
         if mine.get("train/sibling_fraction", pd.Series(dtype=float)).notna().any():
-            report.figure(figures.curve_by_method(mine, "train/sibling_fraction", "share of negatives that are siblings",
-                                                  "BNS sanity check: true ambiguous negatives sampled",
+            report.figure(figures.curve_by_method(mine, "train/sibling_fraction", "sibling share of negatives",
+                                                  "BNS: true ambiguous negatives sampled",
                                                   report.figures_dir, f"sibling_fraction{suffix}"),
                           f"Share of sampled negatives that differ from their anchor in exactly one attribute, by "
                           f"epoch ({where(dataset)}; ground truth of the synthetic world). A curriculum from easy to "
                           "hard should raise it over training.")
         if mine.get("train/policy_bs_corr", pd.Series(dtype=float)).notna().any():
-            report.figure(figures.curve_by_method(mine, "train/policy_bs_corr", "corr(learned priority, BS)",
+            report.figure(figures.curve_by_method(mine, "train/policy_bs_corr", "corr(policy effect, BS)",
                                                   "BNS policy against the boundary score", report.figures_dir,
                                                   f"policy_bs_corr{suffix}"),
-                          f"Within-row correlation of the policy's learned priority with the boundary score, by "
-                          f"epoch ({where(dataset)}): negative means it prefers easy negatives, positive hard ones. "
-                          "A policy that follows the curriculum changes sign with α.")
+                          f"Within-row correlation of the policy's effect on the selection logits with the boundary "
+                          f"score, by epoch ({where(dataset)}): negative means it favours easy negatives, positive "
+                          "hard ones. A policy that follows the curriculum changes sign with α.")
         if mine.get("eval/margin", pd.Series(dtype=float)).notna().any():
             report.figure(figures.curve_by_method(mine, "eval/margin", "alignment margin (test, cosine)",
                                                   "Margin over training", report.figures_dir, f"margin{suffix}"),
