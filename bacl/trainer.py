@@ -4,7 +4,7 @@ A run directory is self-describing: `config.yaml` (resolved), `metrics.jsonl` (o
 per epoch), `last.pt` (atomic, every `train.checkpoint_every` steps: everything needed to
 continue bit-for-bit on CPU), `attention_example.json` (the final model's CLA maps for the
 report's heat map), `result.json` and `run.lock`. The method owns its state (parameters,
-buffers, the candidate-score bank, its generators), so a checkpoint holds the method's
+buffers, its cache of candidate embeddings, its generators), so a checkpoint holds the method's
 `state_dict()` and nothing method-specific.
 
 No result lost, no run done twice:
