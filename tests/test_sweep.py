@@ -225,3 +225,21 @@ def test_seeds_on_the_command_line_replace_the_files_seeds(tmp_path):
     assert sorted({r.axes["seed"] for r in runs}) == [0, 1] and len(runs) == 9 * 2
     one = sweep.expand("components", [f"output_dir={tmp_path}", "seed=7"])
     assert {r.axes["seed"] for r in one} == {7} and all(r.cfg.seed == 7 for r in one)
+
+
+def test_the_claims_grid_runs_every_comparison_arm_at_ten_paired_seeds(tmp_path):
+    from analysis.claims import COMPARISONS
+
+    runs = sweep.expand("claims", [f"output_dir={tmp_path}"])
+    points: dict[tuple, set[int]] = {}
+    for run in runs:
+        points.setdefault(tuple(sorted((k, str(v)) for k, v in run.axes.items() if k != "seed")), set()).add(
+            run.axes["seed"])
+    assert all(len(seeds) >= 10 for seeds in points.values())
+    for spec in COMPARISONS:  # every arm a claim compares is a grid point (at defaults where unnamed)
+        for arm in (spec["a"], spec["b"]):
+            if arm.get("method.schedule.shape") == "default":
+                arm = {"method": arm["method"]}
+            wanted = {(k, str(v)) for k, v in arm.items()}
+            assert any(wanted <= set(point) and len(point) == len(wanted) for point in points), arm
+    assert {r.axes["seed"] for r in sweep.expand("claims", [f"output_dir={tmp_path}", "seed=[0,1]"])} == {0, 1}
