@@ -129,12 +129,20 @@ def extract_shard(dataset_cls: type[StoreDataset], cfg: Any, shard: str, towers:
         log.warning("skipping %s (shard %s): %s", s.key, shard, s.reason)
         skipped.append({"key": s.key, "reason": s.reason})
 
-    entries = []
-    for e in dataset_cls.entries(cfg, shard):
+    listed = list(dataset_cls.entries(cfg, shard))
+    entries = [e for e in listed if isinstance(e, RawSample)]
+    if not entries:  # nothing to decode: the whole shard is unusable (empty, not a tar, ...)
+        reasons = "; ".join(f"{s.key}: {s.reason}" for s in listed[:3]) or "it lists no sample"
+        reasons += f"; and {len(listed) - 3} more" if len(listed) > 3 else ""
+        where = dataset_cls.shard_source(cfg, shard)
+        if cfg.strict:
+            raise ConfigError(f"dataset.strict=true and shard {where} has no usable sample: {reasons}")
+        log.warning("skipping shard %s (%s): no usable sample: %s", shard, where, reasons)
+        return ShardArrays.empty([{"key": s.key, "reason": s.reason} for s in listed],
+                                 f"no usable sample in {where}: {reasons}")
+    for e in listed:
         if isinstance(e, Skipped):
             skip(e)
-        else:
-            entries.append(e)
     loader = DataLoader(_Samples(dataset_cls, cfg, entries, towers), batch_size=batch_size,
                         num_workers=workers, collate_fn=list)
     keys, splits, text_item, text_hash = [], [], [], []
@@ -157,8 +165,10 @@ def extract_shard(dataset_cls: type[StoreDataset], cfg: Any, shard: str, towers:
             parts.setdefault(f"{name}.pooled", []).append(pooled)
         parts.setdefault("text.tokens", []).append(text_tokens)
         parts.setdefault("text.pooled", []).append(text_pooled)
-    if not keys:
-        raise DataError(f"shard {shard}: no usable sample ({len(skipped)} skipped, e.g. {skipped[:1]})")
+    if not keys:  # every listed sample failed to decode (each is counted by key in `skipped`)
+        reason = f"no usable sample in {dataset_cls.shard_source(cfg, shard)}: all {len(skipped)} listed sample(s) unusable"
+        log.warning("skipping shard %s: %s", shard, reason)
+        return ShardArrays.empty(skipped, reason)
     cat = {k: np.concatenate(v) for k, v in parts.items()}
     return ShardArrays(keys=keys, splits=splits,
                        streams={n: (cat[f"{n}.tokens"], cat[f"{n}.pooled"]) for n in dataset_cls.STREAMS},

@@ -7,8 +7,10 @@ Any run-config key applies (`dataset.*` picks the data and encoders, `pool.*` th
     extract.tasks=N        cluster=slurm: spread the shards over an array of N tasks (default 8)
     cluster=local|slurm    local (default): here, then the pool; slurm: an sbatch array, then a
                            pool job that waits for it (afterok), and return at once
-Run it again after an interruption: finished shards are kept and skipped.
-Exit codes: 0 done (or submitted), 1 data error (dataset.strict=true), 2 bad input.
+Run it again after an interruption: finished shards are kept and skipped. A shard without any
+usable sample (an empty or unreadable tar) is skipped whole and counted (`shards_skipped`).
+Exit codes: 0 done (or submitted), 1 a bad sample under dataset.strict=true, 2 bad input (a
+malformed CSV or annotation JSON; under dataset.strict=true also a shard without any usable sample).
 """
 from __future__ import annotations
 
@@ -86,6 +88,10 @@ def main(argv: list[str]) -> int:
     print(f"{store.path}: {n['shards']} shard(s) extracted now ({n['samples']} samples, {rate:.1f} samples/s); "
           f"pool built; counts {store.counts()}")
     print("\n".join(summary(cfg, store)))
+    counts = store.counts()
+    if counts["shards_skipped"]:
+        print(f"warning: {counts['shards_skipped']} shard(s) had no usable sample and were skipped: "
+              f"{', '.join(counts['shards_skipped_names'])}")
     return 0
 
 

@@ -67,8 +67,11 @@ class Laion400M(StoreDataset):
         def keep_going(err: Exception) -> bool:  # a truncated tar: keep what was read, report the rest
             errors.append(err)
             return False
-        samples = wds.WebDataset(str(cls.root(cfg) / shard), shardshuffle=False, empty_check=False, handler=keep_going)
+        path = cls.root(cfg) / shard
+        samples = wds.WebDataset(str(path), shardshuffle=False, empty_check=False, handler=keep_going)
+        listed = 0
         for sample in samples:
+            listed += 1
             key = sample["__key__"]
             caption = sample.get("txt", b"").decode("utf-8", "replace").strip()
             if "jpg" not in sample:
@@ -78,7 +81,18 @@ class Laion400M(StoreDataset):
             else:
                 yield RawSample(key, split, sample["jpg"], [caption])
         for err in errors:
-            yield Skipped(f"{shard}", f"tar: {type(err).__name__}: {err}")
+            # A tar has no index: samples after the point where it stops being readable cannot be listed,
+            # so the unreadable tail is one event naming the shard, never a made-up sample count.
+            detail = f"{path}: {type(err).__name__}: {err.args[0] if err.args else err}"
+            if listed:
+                yield Skipped(shard, f"truncated: {detail} (unreadable after {listed} sample(s); "
+                                     "how many samples followed is unknown)")
+            else:
+                yield Skipped(shard, f"tar: {detail}")
+
+    @classmethod
+    def shard_source(cls, cfg: Any, shard: str) -> str:
+        return str(cls.root(cfg) / shard)
 
     @classmethod
     def decode(cls, cfg: Any, entry: RawSample) -> dict[str, Any]:

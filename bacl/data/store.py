@@ -47,6 +47,14 @@ class ShardArrays:
     text_item: np.ndarray  # [m] shard-local item index
     skipped: list[dict[str, str]]  # {"key", "reason"} of every sample that could not be used
     text_hash: np.ndarray | None = None  # [m] caption_hash of each caption (None: not known, nothing written)
+    shard_skipped: str | None = None  # why a shard without any usable sample was skipped (then keys is empty)
+
+    @classmethod
+    def empty(cls, skipped: list[dict[str, str]], reason: str) -> ShardArrays:
+        """A shard with no usable sample: only its items.json (keys, skipped samples, the reason) is written."""
+        none = np.zeros(0)
+        return cls(keys=[], splits=[], streams={}, text_tokens=none, text_pooled=none,
+                   text_item=np.zeros(0, dtype=np.int64), skipped=skipped, shard_skipped=reason)
 
 
 class StoreMissing(FileNotFoundError):
@@ -87,15 +95,21 @@ class FeatureStore:
         tmp = final.with_name(f".{shard}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        if not arrays.keys:  # a skipped shard: nothing to read but its items.json
+            arrays = ShardArrays.empty(arrays.skipped, arrays.shard_skipped or "no usable sample")
         for name, (tokens, pooled) in arrays.streams.items():
             np.save(tmp / f"{name}.tokens.npy", tokens.astype(np.float16))
             np.save(tmp / f"{name}.pooled.npy", pooled.astype(np.float16))
-        np.save(tmp / "text.tokens.npy", arrays.text_tokens.astype(np.float16))
-        np.save(tmp / "text.pooled.npy", arrays.text_pooled.astype(np.float16))
-        np.save(tmp / "text_item.npy", arrays.text_item.astype(np.int64))
-        if arrays.text_hash is not None:
+        if arrays.keys:
+            np.save(tmp / "text.tokens.npy", arrays.text_tokens.astype(np.float16))
+            np.save(tmp / "text.pooled.npy", arrays.text_pooled.astype(np.float16))
+            np.save(tmp / "text_item.npy", arrays.text_item.astype(np.int64))
+        if arrays.keys and arrays.text_hash is not None:
             np.save(tmp / "text_hash.npy", arrays.text_hash.astype(np.int64))
-        write_json(tmp / "items.json", {"keys": arrays.keys, "splits": arrays.splits, "skipped": arrays.skipped})
+        items = {"keys": arrays.keys, "splits": arrays.splits, "skipped": arrays.skipped}
+        if arrays.shard_skipped is not None:
+            items["shard_skipped"] = arrays.shard_skipped
+        write_json(tmp / "items.json", items)
         if final.exists():  # another array task finished this shard first
             shutil.rmtree(tmp)
         else:
@@ -113,11 +127,15 @@ class FeatureStore:
         return [s for s in self.manifest["shards"] if not self.done(s)]
 
     def counts(self) -> dict[str, Any]:
-        """Items per split and skipped samples by reason kind (the text before the first ':')."""
+        """Items per split, skipped samples by reason kind (the text before the first ':') and shards
+        skipped for want of any usable sample (`shards_skipped`, named in `shards_skipped_names`)."""
         out: dict[str, Any] = {f"{s}_items": 0 for s in SPLITS}
         skipped: dict[str, int] = {}
+        skipped_shards = []
         for shard in self.manifest["shards"]:
             meta = read_json(self.path / "shards" / shard / "items.json") or {}
+            if "shard_skipped" in meta:
+                skipped_shards.append(shard)
             for split in meta.get("splits", []):
                 out[f"{split}_items"] += 1
             for s in meta.get("skipped", []):
@@ -125,16 +143,21 @@ class FeatureStore:
                 skipped[kind] = skipped.get(kind, 0) + 1
         out["skipped"] = skipped
         out["skipped_total"] = sum(skipped.values())
+        out["shards_skipped"] = len(skipped_shards)
+        out["shards_skipped_names"] = skipped_shards
         return out
 
     def _rows(self, split: str, exclude: Collection[str] = ()) -> Iterator[tuple[Path, dict, np.ndarray]]:
-        """(shard directory, its items.json, which of its items belong to `split` and are not excluded by key)."""
+        """(shard directory, its items.json, which of its items belong to `split` and are not excluded by key);
+        skipped shards (no items, no arrays) are passed over."""
         exclude = exclude if isinstance(exclude, (set, frozenset)) else frozenset(exclude)
         for shard in self.manifest["shards"]:
             d = self.path / "shards" / shard
             meta = read_json(d / "items.json")
             if meta is None:
                 raise StoreMissing(f"{self.path}: shard {shard} was not extracted")
+            if not meta["keys"]:
+                continue
             keep = np.array([s == split and k not in exclude for s, k in zip(meta["splits"], meta["keys"])], dtype=bool)
             yield d, meta, keep
 
@@ -149,7 +172,8 @@ class FeatureStore:
         return np.concatenate(parts).astype(np.float32)
 
     def has_caption_hashes(self, shard: str) -> bool:
-        return (self.path / "shards" / shard / "text_hash.npy").exists()
+        d = self.path / "shards" / shard
+        return (d / "text_hash.npy").exists() or not (read_json(d / "items.json") or {}).get("keys")
 
     def caption_hashes(self, split: str, exclude: Collection[str] = ()) -> tuple[np.ndarray, np.ndarray]:
         """(caption_hash of each caption [M], its item index in the split [M]), in the split's caption order."""

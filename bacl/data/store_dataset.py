@@ -103,6 +103,11 @@ class StoreDataset(FeatureDataset):
         raise NotImplementedError
 
     @classmethod
+    def shard_source(cls, cfg: Any, shard: str) -> str:
+        """Where a shard's data is read from, for messages (a file for tar shards; else the shard name)."""
+        return shard
+
+    @classmethod
     def decode(cls, cfg: Any, entry: RawSample) -> dict[str, Any]:
         """Raw media of each stream (PIL image, list of frames, (waveform, rate), str); raises CorruptSample."""
         raise NotImplementedError

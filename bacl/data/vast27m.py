@@ -102,12 +102,24 @@ def read_records(path: Path) -> list[dict]:
     if not path.is_file():
         raise ConfigError(f"dataset.annotations: {path} not found")
     try:
-        records = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        records = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"dataset.annotations: {path} is not valid JSON: {err}") from None
     if not isinstance(records, list):
-        raise ConfigError(f"dataset.annotations: {path} must hold a list of clip records")
+        raise ConfigError(f"dataset.annotations: {path} must hold a list of clip records (objects); "
+                          f"its top level is {_json_type(records)}")
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise ConfigError(f"dataset.annotations: {path}: record {i} is {_json_type(record)}, expected an object "
+                              f"{{clip_id, {', '.join(CAPTION_FIELDS)}, subtitle}}")
     return records
+
+
+def _json_type(value: Any) -> str:
+    """'an object', 'a str', ... : the JSON value's Python type, with its article."""
+    names = {dict: "an object", list: "a list", str: "a str", bool: "a bool", int: "an int", float: "a float",
+             type(None): "null"}
+    return names.get(type(value), f"a {type(value).__name__}")
 
 
 def match_classification(scores: torch.Tensor, own_caption: torch.Tensor, neighbour: torch.Tensor) -> dict[str, float]:

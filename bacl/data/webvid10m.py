@@ -32,7 +32,11 @@ def read_table(path: Path, columns: tuple[str, ...], key: str) -> pd.DataFrame:
     """The table, read once per process (every shard's listing needs it). Callers must not modify it."""
     if not path.is_file():
         raise ConfigError(f"{key}: {path} not found")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"{key}: {path} is not a readable CSV ({type(err).__name__}: {err}); "
+                          f"expected a header with the column(s) {list(columns)}") from None
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise ConfigError(f"{key}: {path} lacks column(s) {missing}; it has {list(table.columns)}")
