@@ -23,7 +23,7 @@ import pandas as pd
 import yaml
 
 from analysis.display import PAPER, primary_metric, scaled, where
-from analysis.paired import AGAINST, INCONCLUSIVE, SUPPORTED, TOO_FEW, Paired, interval, paired
+from analysis.paired import AGAINST, INCONCLUSIVE, SUPPORTED, Paired, interval, paired
 from analysis.selection import at_reference, by_dataset, same_value
 from analysis.slopes import PowerLawFit
 from analysis.tables import number
@@ -31,7 +31,6 @@ from analysis.tables import number
 METHOD, SEED = "cfg.method.name", "cfg.seed"
 BACL, BASE = PAPER["methods"]["CLIP+BACL"], PAPER["methods"]["CLIP"]  # our names of the paper's two
 NOT_RUN = "not run"
-VERDICTS = (SUPPORTED, AGAINST, INCONCLUSIVE, TOO_FEW, NOT_RUN)
 COMPARISONS: list[dict] = yaml.safe_load((Path(__file__).with_name("claims.yaml")).read_text())["comparisons"]
 
 # Which score each kind of claim is judged on, and why (the report prints both).

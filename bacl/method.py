@@ -6,10 +6,10 @@ the candidate pool join the image->text denominator. Baselines override one narr
 `direction_weights` (how the two directions are mixed). Output keys ending in `_loss`
 are summed into the objective (open_clip's convention); the other keys are statistics.
 
-Every method also trains the cross-modal match head (ALBEF's ITM) on its own negatives
-when `itm_weight > 0`: each anchor's caption against its image (a match) and the method's
-top negative caption against the same image (no match); in-batch methods take an in-batch
-hard negative sampled in proportion to softmax(similarity / temperature), as ALBEF does.
+Every method also trains the cross-modal match head (ALBEF's ITM) when `itm_weight > 0`:
+each anchor's caption against its image (a match), and against the same image an in-batch
+hard negative sampled in proportion to softmax(similarity / temperature), as ALBEF does,
+plus, for a pool method, its own top negative (no match).
 That match score re-ranks the dual-encoder shortlist at evaluation (`rerank_*` metrics),
 so the cross-attention every arm trains is judged, and arms differ only in what they add.
 """
@@ -31,7 +31,7 @@ from bacl.losses import info_nce
 from bacl.model import MAX_LOGIT_SCALE, AlignmentModel, Encoded, build_model
 from bacl.registry import METHODS
 from bacl.rng import Generators, stream_seed
-from bacl.sampler import boundary_scores
+from bacl.sampler import boundary_scores, gumbel
 
 
 @dataclass
@@ -171,8 +171,8 @@ class Method(nn.Module):
         sims = self.logit_scale.detach() * (vision.embedding.detach() @ all_txt.detach().T)
         own = torch.arange(batch.rows.start, batch.rows.stop, device=sims.device)
         sims[torch.arange(sims.shape[0], device=sims.device), own] = float("-inf")
-        gumbel = -torch.log(-torch.log(batch.draw(sims.shape[1:], self.rng["itm"]).clamp(1e-10, 1 - 1e-10)))
-        states = [text.shared, all_shared[(sims + gumbel).argmax(dim=1)]]
+        noise = gumbel(batch.draw(sims.shape[1:], self.rng["itm"]))  # Gumbel-max: a sample ∝ softmax(sims)
+        states = [text.shared, all_shared[(sims + noise).argmax(dim=1)]]
         if negatives is not None:
             captions, own_negative = negatives.first()
             if own_negative is None or not self.cfg.negative_grad:

@@ -17,12 +17,16 @@ def boundary_scores(anchor: torch.Tensor, positive: torch.Tensor, candidates: to
     return torch.einsum("bd,bkd->bk", anchor, candidates) - (anchor * positive).sum(-1, keepdim=True)
 
 
+def gumbel(u: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise from uniform noise `u` (clamped away from 0 and 1)."""
+    return -torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-10)))
+
+
 def gumbel_topk_st(logits: torch.Tensor, tau: float, m: int, u: torch.Tensor) -> torch.Tensor:
     """Straight-through Gumbel top-m from uniform noise `u`: forward a hard {0,1} mask of m
     picks per row, backward the gradient of softmax((logits + g) / tau). For m = 1 this is
     hard Gumbel-Softmax."""
-    gumbel = -torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-10)))
-    y = (logits + gumbel) / tau
+    y = (logits + gumbel(u)) / tau
     soft = torch.softmax(y, dim=-1)
     hard = torch.zeros_like(soft).scatter_(-1, y.topk(m, dim=-1).indices, 1.0)
     return hard - soft.detach() + soft
