@@ -51,6 +51,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -170,6 +171,23 @@ def warmup_cosine(total_steps: int, warmup_fraction: float):
     return factor
 
 
+def exempt_from_decay(name: str, param: torch.Tensor) -> bool:
+    """open_clip's rule (training/main.py): no weight decay on gains, biases, norms and the temperature.
+
+    Our CLS tokens are stored [1, 1, W] but are open_clip's 1-D `class_embedding`, so they are exempt too.
+    """
+    leaf = name.rsplit(".", 1)[-1]
+    return (param.ndim < 2 or "bias" in leaf or "norm" in name or "logit_scale" in name
+            or name.split(".")[-2:-1] == ["cls"])
+
+
+def decay_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: weight decay on matrices and embeddings only."""
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    return [{"params": [p for n, p in named if not exempt_from_decay(n, p)], "weight_decay": weight_decay},
+            {"params": [p for n, p in named if exempt_from_decay(n, p)], "weight_decay": 0.0}]
+
+
 class Trainer:
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
@@ -202,7 +220,7 @@ class Trainer:
                 setattr(self.method.model, path, torch.compile(getattr(self.method.model, path), dynamic=True))
         self.autocast = torch.autocast("cuda", torch.bfloat16, enabled=cfg.train.amp and self.device.type == "cuda")
         self.params = [p for p in self.method.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.optimizer = torch.optim.AdamW(decay_groups(self.method, cfg.train.weight_decay), lr=cfg.train.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(self.total_steps, cfg.train.warmup_fraction))
         self.step = 0
