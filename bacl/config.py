@@ -70,6 +70,14 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
     every_epochs: int = 1
     rerank_k: int = 8  # dual-encoder shortlist per query re-scored with the match head (ALBEF's k_test); 0: off
+    max_items: int = 0  # evaluate on the first max_items test items (a paper-scale test split); 0: all
+
+
+@dataclass
+class LogConfig:
+    tensorboard: bool = neutral(True)  # per-step scalars as TensorBoard event files in the run directory
+    wandb: bool = neutral(False)  # also to Weights & Biases (offline mode when there is no network)
+    every_steps: int = neutral(10)  # steps between per-step scalar writes
 
 
 @dataclass
@@ -83,6 +91,7 @@ class RunConfig:
     pool: PoolConfig = field(default_factory=PoolConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 def _parse_value(raw: str) -> Any:
@@ -160,6 +169,8 @@ def _validate_common(cfg: DictConfig) -> None:
     require(1 <= m.cross_layers <= m.layers, "model.cross_layers", m.cross_layers, f"in [1, model.layers={m.layers}]")
     require(0 <= m.dropout < 1, "model.dropout", m.dropout, "in [0, 1)")
     require(all(k > 0 for k in cfg.eval.ks), "eval.ks", list(cfg.eval.ks), "positive integers")
+    require(cfg.eval.max_items >= 0, "eval.max_items", cfg.eval.max_items, ">= 0 (0 evaluates every test item)")
+    require(cfg.log.every_steps > 0, "log.every_steps", cfg.log.every_steps, "> 0")
     require(cfg.eval.rerank_k >= 0, "eval.rerank_k", cfg.eval.rerank_k, ">= 0 (0 disables re-ranking)")
 
 
