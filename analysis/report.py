@@ -128,7 +128,7 @@ def write_report(root: Path) -> list[Path]:
         report.table(table)
     if not components:
         report.text("Not run: no dataset has clip and a component (bns_only, cla_only, bns_no_curriculum) "
-                    "at their defaults (experiments/conf/ablation/components.yaml).")
+                    "at their defaults (bacl/conf/ablation/components.yaml).")
 
     report.text("## Grid axes")
     for dataset, slices in sliced.items():
@@ -143,7 +143,7 @@ def write_report(root: Path) -> list[Path]:
 
     report.text("## Synthetic-ρ check")
     if all(f.empty for f in fits.values()):
-        report.text("Not run: no finished ρ × n grid (experiments/conf/ablation/rho.yaml).")
+        report.text("Not run: no finished ρ × n grid (bacl/conf/ablation/rho.yaml).")
     report.table(slope_table(fits))
     for error, table in fits.items():
         if not table.empty:

@@ -1,4 +1,4 @@
-"""Cluster profiles: `experiments/conf/cluster/<name>.yaml`, selected with `cluster=<name>`.
+"""Cluster profiles: `bacl/conf/cluster/<name>.yaml`, selected with `cluster=<name>`.
 
 A profile says where runs execute and with what resources, so that nothing site-specific
 lives in code. A file sets only what differs from the defaults below; bacl/schema.py

@@ -1,6 +1,6 @@
 """Sweeps: a documented grid file (× seeds) expanded into validated run configs.
 
-An ablation file `experiments/conf/ablation/<name>.yaml` is an `AblationSpec`:
+An ablation file `bacl/conf/ablation/<name>.yaml` is an `AblationSpec`:
     base:  [key=value, ...]       applied to every run
     grid:  [{axis: [values]}, ...] each entry a cartesian product; the sweep is their union
     seeds: [0, 1, 2]
@@ -25,7 +25,7 @@ from bacl.profiles import ClusterProfile
 from bacl.registry import DATASETS, METHODS
 from bacl.schema import load_structured
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "experiments" / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 ALL = "all"  # `method: all`: every name in bacl.registry.METHODS
 
 
@@ -83,7 +83,7 @@ def available(kind: str) -> list[str]:
 
 
 def load_group_file(kind: str, name: str) -> DictConfig:
-    """experiments/conf/<kind>/<name>.yaml, validated by its schema (AblationSpec, ClusterProfile)."""
+    """bacl/conf/<kind>/<name>.yaml, validated by its schema (AblationSpec, ClusterProfile)."""
     path = CONF_DIR / kind / f"{name}.yaml"
     if not path.exists():
         raise ConfigError(f"unknown {kind} {name!r}: valid choices are {', '.join(available(kind))}")

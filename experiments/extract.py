@@ -45,7 +45,7 @@ def parse(argv: list[str]) -> tuple[list[str], dict[str, int], str]:
 
 def submit(overrides: list[str], options: dict[str, int], cluster: str) -> None:
     profile = load_group_file("cluster", cluster)
-    validate_profile(profile, f"experiments/conf/cluster/{cluster}.yaml")
+    validate_profile(profile, f"bacl/conf/cluster/{cluster}.yaml")
     cfg = load_config(overrides)
     _, store, shards = open_store(cfg)
     tasks = min(options["extract.tasks"], len(shards), profile.max_array_size)

@@ -64,10 +64,10 @@ def slurm_cluster():
 
 @pytest.fixture
 def conf(tmp_path, monkeypatch):
-    """A private experiments/conf with the real cluster profiles and test ablations."""
+    """A private bacl/conf with the real cluster profiles and test ablations."""
     root = tmp_path / "conf"
     (root / "ablation").mkdir(parents=True)
-    (root / "cluster").symlink_to(REPO / "experiments/conf/cluster")
+    (root / "cluster").symlink_to(REPO / "bacl/conf/cluster")
     monkeypatch.setattr(sweep, "CONF_DIR", root)
 
     def write(name: str, text: str) -> None:
