@@ -17,11 +17,14 @@ import sys
 import tarfile
 from pathlib import Path
 
-import av
 import numpy as np
 import pandas as pd
-import soundfile
 from PIL import Image, ImageDraw
+
+from bacl.extras import optional_import
+
+av = optional_import("av")  # the [media] extra
+soundfile = optional_import("soundfile")
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 30), "blue": (30, 60, 220), "yellow": (230, 210, 20)}
 SHAPES = ("square", "circle", "triangle")

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import braceexpand
-import webdataset as wds
-
 from bacl.data.media import decode_image
 from bacl.data.store_dataset import RawSample, Skipped, StoreDataset, StoreDatasetConfig
 from bacl.errors import ConfigError, require
+from bacl.extras import optional_import
+
+braceexpand = optional_import("braceexpand")  # the [media] extra
+wds = optional_import("webdataset")
 
 
 @dataclass

@@ -9,11 +9,14 @@ import io
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
-import soundfile
 from PIL import Image
 from scipy.signal import resample_poly
+
+from bacl.extras import optional_import
+
+av = optional_import("av")  # the [media] extra
+soundfile = optional_import("soundfile")
 
 
 class CorruptSample(Exception):

@@ -23,13 +23,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import faiss
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
 from bacl.errors import ConfigError, require
+from bacl.extras import optional_import
+
+faiss = optional_import("faiss")  # the [cpu] or [gpu] extra
 
 KEY = "pool.index"
 KINDS = ("flat", "ivf", "ivfpq", "hnsw")

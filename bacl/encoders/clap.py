@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from bacl.encoders.base import FrozenEncoder, fixed_init, from_hub, require_preset
+from bacl.extras import need
 
 # Random-init architectures for pretrained=null: ClapAudioConfig and ClapFeatureExtractor overrides.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -68,6 +69,7 @@ class CLAP:
 
     @staticmethod
     def build(cfg: Any, modality: str, device: str) -> FrozenEncoder:
+        need("transformers")  # the [media] extra
         from transformers import ClapAudioConfig, ClapAudioModelWithProjection, ClapFeatureExtractor  # ~3 s
 
         if cfg.pretrained is None:

@@ -19,7 +19,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import open_clip  # imported here, not lazily: validation needs its model and tag lists
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -27,6 +26,9 @@ from torch import nn
 
 from bacl.encoders.base import FrozenEncoder, fixed_init, unavailable
 from bacl.errors import require
+from bacl.extras import optional_import
+
+open_clip = optional_import("open_clip")  # the [media] extra; not lazy: validation needs its model and tag lists
 
 TINY = "bacl-tiny-vit"  # random-init test model: 32 px images, 4x4 patches, width 64, 2 layers
 open_clip.add_model_config(Path(__file__).with_name(f"{TINY}.json"))

@@ -19,6 +19,7 @@ from torch import nn
 
 from bacl.encoders.base import FrozenEncoder, fixed_init, from_hub, require_preset
 from bacl.errors import require
+from bacl.extras import need
 
 MAX_TOKENS = 512  # RoBERTa's 514 positions less the two its position ids skip
 
@@ -81,6 +82,7 @@ class RoBERTa:
 
     @staticmethod
     def build(cfg: Any, modality: str, device: str) -> FrozenEncoder:
+        need("transformers")  # the [media] extra
         from transformers import AutoModel, AutoTokenizer, RobertaConfig, RobertaModel  # ~3 s: only when built
 
         if cfg.pretrained is None:
