@@ -5,19 +5,42 @@ candidates are re-scored and ranked above the rest, which keep their dual-encode
 (`rerank_{i2t,t2i}_R@k`). The new score is BLIP's, the match logit plus the dual-encoder
 similarity, here in logit units (similarity / temperature) so neither term dominates by scale.
 It is what makes the cross-attention, which CLA and ITM train, part of an evaluated score.
+
+Nothing here builds the [items x captions] score matrix: retrieval, margins and shortlists come
+from `blockwise_retrieval` (peak memory O(block x captions)), and the metrics that need single
+scores (ambiguous pairs, a dataset's extras) get a `PairScores`, which scores index pairs.
+`max_items` evaluates the first items of the split (and their captions), for paper-scale test sets.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
 
 from bacl.data.split import FeatureSplit
 from bacl.data.synthetic import ambiguous_pairs
-from bacl.metrics import retrieval_metrics
+from bacl.metrics import BlockwiseRetrieval, PairScores, blockwise_retrieval, recall_at, shortlist_first_rank
 from bacl.model import MAX_LOGIT_SCALE, AlignmentModel
 
 CHUNK = 1024
+
+
+def first_items(split: FeatureSplit, max_items: int) -> FeatureSplit:
+    """The split's first `max_items` items and their captions (0 or more than there are: the whole split)."""
+    if max_items <= 0 or max_items >= split.n_items:
+        return split
+    keep = split.text_item < max_items
+    per_item, per_text = ("vision", "attributes", "vision_pooled"), ("text", "text_item", "text_pooled")
+    fields = {f.name: getattr(split, f.name) for f in dataclasses.fields(split)}
+    fields.update({k: fields[k][:max_items] for k in per_item if fields[k] is not None})
+    fields.update({k: fields[k][keep] for k in per_text if fields[k] is not None})
+    return FeatureSplit(**fields)
+
+
+def pair_scorer(items: torch.Tensor, texts: torch.Tensor) -> PairScores:
+    """Dual-encoder scores of (item, caption) index pairs, from the two embedding matrices."""
+    return lambda i, c: (items[i.to(items.device)] * texts[c.to(texts.device)]).sum(dim=-1)
 
 
 def _encode(model: AlignmentModel, tokens: torch.Tensor, modality: str) -> torch.Tensor:
@@ -25,15 +48,7 @@ def _encode(model: AlignmentModel, tokens: torch.Tensor, modality: str) -> torch
                       for i in range(0, len(tokens), CHUNK)])
 
 
-def alignment_margin(scores: torch.Tensor, text_item: torch.Tensor) -> float:
-    """Mean over items of (best positive caption score − best negative caption score)."""
-    positive = text_item[None, :] == torch.arange(scores.shape[0], device=scores.device)[:, None]
-    best_pos = scores.masked_fill(~positive, float("-inf")).amax(dim=1)
-    best_neg = scores.masked_fill(positive, float("-inf")).amax(dim=1)
-    return float((best_pos - best_neg).mean())
-
-
-def ambiguous_accuracy(scores: torch.Tensor, split: FeatureSplit) -> dict[str, float]:
+def ambiguous_accuracy(scores: PairScores, split: FeatureSplit) -> dict[str, float]:
     """How often an item scores its own caption above a caption of an ambiguous sibling.
 
     Over every (anchor, sibling) pair differing in one attribute and every (own caption,
@@ -45,9 +60,8 @@ def ambiguous_accuracy(scores: torch.Tensor, split: FeatureSplit) -> dict[str, f
         return {}
     captions = split.captions_padded()  # [N, C], -1 where an item has fewer captions
     own, sib = captions[anchor], captions[negative]  # [P, C]
-    rows = scores[anchor]
-    pos = torch.gather(rows, 1, own.clamp_min(0))
-    neg = torch.gather(rows, 1, sib.clamp_min(0))
+    items = anchor[:, None].expand_as(own)
+    pos, neg = scores(items, own.clamp_min(0)), scores(items, sib.clamp_min(0))
     diff = pos[:, :, None] - neg[:, None, :]  # [P, C, C]
     valid = (own >= 0)[:, :, None] & (sib >= 0)[:, None, :]
     wins = (diff > 0).double() + 0.5 * (diff == 0).double()
@@ -102,45 +116,48 @@ def match_scores(model: AlignmentModel, text_shared: torch.Tensor, vision_hidden
     return torch.cat(out).view(captions.shape)
 
 
-def reranked_retrieval(model: AlignmentModel, split: FeatureSplit, scores: torch.Tensor, k: int,
+def reranked_retrieval(model: AlignmentModel, split: FeatureSplit, ranked: BlockwiseRetrieval,
                        ks: Sequence[int]) -> dict[str, float]:
-    """`rerank_{i2t,t2i}_R@k`: the dual-encoder shortlist of `k` per query re-scored by match + similarity / τ."""
+    """`rerank_{i2t,t2i}_R@k`: each query's dual-encoder shortlist (`ranked.top`) re-scored by match + similarity / τ."""
     vision_hidden = torch.cat([model.encode(split.vision[i:i + CHUNK].float(), "vision").hidden
                                for i in range(0, split.n_items, CHUNK)])
     text_shared = torch.cat([model.shared(split.text[i:i + CHUNK].float(), "text")
                              for i in range(0, split.n_texts, CHUNK)])
     out, scale = {}, float(model.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE))
-    for direction, dual in (("i2t", scores), ("t2i", scores.T)):
-        top = dual.topk(min(k, dual.shape[1]), dim=1).indices  # [queries, k]
-        queries = torch.arange(dual.shape[0], device=dual.device)[:, None].expand_as(top)
+    text_item = split.text_item.to(vision_hidden.device)
+    for direction in ("i2t", "t2i"):
+        top = ranked.top[direction]  # [queries, k]
+        queries = torch.arange(top.shape[0], device=top.device)[:, None].expand_as(top)
         captions, items = (top, queries) if direction == "i2t" else (queries, top)
-        score = match_scores(model, text_shared, vision_hidden, captions, items) + scale * dual.gather(1, top)
-        reranked = dual.scatter(1, top, RERANK_ABOVE + score)
-        matrix = reranked if direction == "i2t" else reranked.T
-        out.update({f"rerank_{key}": value for key, value in retrieval_metrics(matrix, split.text_item, ks).items()
-                    if key.startswith(f"{direction}_R@")})
+        score = match_scores(model, text_shared, vision_hidden, captions, items) + scale * ranked.top_scores[direction]
+        first = shortlist_first_rank(score, text_item[captions] == items, ranked.first_rank[direction])
+        out.update(recall_at(f"rerank_{direction}", first, ks))
     return out
 
 
 @torch.no_grad()
 def evaluate(model: AlignmentModel, split: FeatureSplit, ks: Sequence[int],
-             extra: Callable[[torch.Tensor], dict[str, float]] | None = None, max_pairs: int = 512,
-             rerank_k: int = 0, cross_attention: bool = True) -> dict[str, float]:
-    """Held-out metrics; `extra` adds a dataset's own metrics from the [items, captions] score matrix.
+             extra: Callable[[PairScores], dict[str, float]] | None = None, max_pairs: int = 512,
+             rerank_k: int = 0, cross_attention: bool = True, max_items: int = 0) -> dict[str, float]:
+    """Held-out metrics on the first `max_items` items (0: all), their count in `eval_items` and `eval_texts`.
 
+    `extra` adds a dataset's own metrics from the scores of (item, caption) pairs.
     `rerank_k > 0` adds re-ranked retrieval (only for a model whose match head was trained);
     `cross_attention=False` (nothing trained the cross-attention) leaves out the maps' AEL.
     """
     was_training = model.training
     model.eval()
     try:
-        scores = _encode(model, split.vision, "vision") @ _encode(model, split.text, "text").T
-        metrics = retrieval_metrics(scores, split.text_item, ks)
-        metrics["margin"] = alignment_margin(scores, split.text_item)
+        split = first_items(split, max_items)
+        items, texts = _encode(model, split.vision, "vision"), _encode(model, split.text, "text")
+        ranked = blockwise_retrieval(items, texts, split.text_item, ks, block=CHUNK, top_k=rerank_k)
+        metrics = {**ranked.metrics, "margin": float(ranked.margin.mean()),
+                   "eval_items": split.n_items, "eval_texts": split.n_texts}
+        scores = pair_scorer(items, texts)
         if extra is not None:
             metrics.update(extra(scores))
         if rerank_k > 0:
-            metrics.update(reranked_retrieval(model, split, scores, rerank_k, ks))
+            metrics.update(reranked_retrieval(model, split, ranked, ks))
         if split.attributes is not None:
             metrics.update(ambiguous_accuracy(scores, split))
             if cross_attention:

@@ -40,6 +40,11 @@ Returned keys (all Python floats):
   of ``first_rank`` (1-based). The median uses numpy semantics (mean of the two
   middle values for an even number of queries).
 
+Scale: ``blockwise_retrieval`` takes the two embedding matrices instead of the score
+matrix and scores one block of queries against every candidate at a time, keeping only each
+query's ranks (and, if asked, its top-k shortlist): the same numbers with peak memory
+O(block x candidates), never [items x captions].
+
 Memory: queries are processed in chunks of ``chunk_size``; a chunk needs about
 ``chunk_size * R * C`` booleans, where ``C`` is the number of candidates and
 ``R`` the largest number of relevant candidates of a query (max captions per item
@@ -49,11 +54,14 @@ are exact in the input dtype (integer scores are converted to float64).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
-__all__ = ["retrieval_metrics"]
+PairScores = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (items, captions) index tensors of one shape -> scores
+
+__all__ = ["BlockwiseRetrieval", "PairScores", "blockwise_retrieval", "recall_at", "retrieval_metrics", "shortlist_first_rank"]
 
 _NDCG_CUTOFF = 10
 
@@ -77,7 +85,14 @@ def _validate(
     if not bool(torch.isfinite(scores).all()):
         n_bad = int((~torch.isfinite(scores)).sum())
         raise ValueError(f"scores contain {n_bad} non-finite value(s) (NaN or Inf)")
+    text_to_item, ks_list, counts = _validate_labels(text_to_item, n_items, n_texts, scores.device, ks, chunk_size,
+                                                     f"scores has M_texts={n_texts} columns (shape {tuple(scores.shape)})")
+    return scores, text_to_item, ks_list, counts
 
+
+def _validate_labels(text_to_item: torch.Tensor, n_items: int, n_texts: int, device: torch.device,
+                     ks: Sequence[int], chunk_size: int, texts: str) -> tuple[torch.Tensor, list[int], torch.Tensor]:
+    """text_to_item as long on `device`, ks as ints and the captions per item; `texts` says where M_texts came from."""
     text_to_item = torch.as_tensor(text_to_item)
     if text_to_item.ndim != 1:
         raise ValueError(
@@ -87,15 +102,14 @@ def _validate(
         raise ValueError(f"text_to_item must be an integer tensor, got dtype {text_to_item.dtype}")
     if text_to_item.numel() != n_texts:
         raise ValueError(
-            f"length mismatch: text_to_item has {text_to_item.numel()} entries but scores "
-            f"has M_texts={n_texts} columns (shape {tuple(scores.shape)})"
+            f"length mismatch: text_to_item has {text_to_item.numel()} entries but {texts}"
         )
-    text_to_item = text_to_item.to(device=scores.device, dtype=torch.long)
+    text_to_item = text_to_item.to(device=device, dtype=torch.long)
     lo, hi = int(text_to_item.min()), int(text_to_item.max())
     if lo < 0 or hi >= n_items:
         raise ValueError(
             f"text_to_item contains item indices outside [0, {n_items}) "
-            f"(min {lo}, max {hi}); scores has N_items={n_items} rows"
+            f"(min {lo}, max {hi}); there are N_items={n_items} items"
         )
     counts = torch.bincount(text_to_item, minlength=n_items)
     if bool((counts == 0).any()):
@@ -114,7 +128,20 @@ def _validate(
         ks_list.append(int(k))
     if isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    return scores, text_to_item, ks_list, counts
+    return text_to_item, ks_list, counts
+
+
+def _caption_table(text_to_item: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, R] caption indices of each item (R = most captions of an item) and which slots are real."""
+    n_items, n_texts, device = counts.numel(), text_to_item.numel(), text_to_item.device
+    r_max = int(counts.max())
+    order = torch.sort(text_to_item, stable=True).indices  # texts grouped by item
+    offsets = torch.cumsum(counts, 0) - counts  # first slot of each item in `order`
+    item_of_sorted = text_to_item[order]
+    slot = torch.arange(n_texts, device=device) - offsets[item_of_sorted]
+    caption_table = torch.zeros((n_items, r_max), dtype=torch.long, device=device)
+    caption_table[item_of_sorted, slot] = order
+    return caption_table, torch.arange(r_max, device=device)[None, :] < counts[:, None]
 
 
 def _chunk_ranks(
@@ -173,6 +200,11 @@ def _median(x: torch.Tensor) -> float:
     return float((v[mid - 1] + v[mid]) / 2.0)
 
 
+def recall_at(prefix: str, first: torch.Tensor, ks: Sequence[int]) -> dict[str, float]:
+    """``{prefix}_R@k``: percent of queries whose first relevant candidate is ranked within k."""
+    return {f"{prefix}_R@{k}": float((first <= k).to(torch.float64).mean() * 100.0) for k in ks}
+
+
 def _direction_metrics(
     prefix: str,
     first: torch.Tensor,
@@ -180,10 +212,8 @@ def _direction_metrics(
     ndcg: torch.Tensor,
     ks: Sequence[int],
 ) -> dict[str, float]:
-    out: dict[str, float] = {}
+    out = recall_at(prefix, first, ks)
     first_f = first.to(torch.float64)
-    for k in ks:
-        out[f"{prefix}_R@{k}"] = float((first <= k).to(torch.float64).mean() * 100.0)
     out[f"{prefix}_MRR"] = float((1.0 / first_f).mean())
     out[f"{prefix}_nDCG@{_NDCG_CUTOFF}"] = float(ndcg.mean())
     out[f"{prefix}_mAP"] = float(ap.mean())
@@ -220,16 +250,8 @@ def retrieval_metrics(
     chunk_size = int(chunk_size)
     n_items, n_texts = scores.shape
     device = scores.device
-
     # ---- i2t: query = item, candidates = texts, relevant = the item's captions.
-    r_max = int(counts.max())
-    order = torch.sort(text_to_item, stable=True).indices  # texts grouped by item
-    offsets = torch.cumsum(counts, 0) - counts  # first slot of each item in `order`
-    item_of_sorted = text_to_item[order]
-    slot = torch.arange(n_texts, device=device) - offsets[item_of_sorted]
-    caption_table = torch.zeros((n_items, r_max), dtype=torch.long, device=device)
-    caption_table[item_of_sorted, slot] = order
-    table_valid = torch.arange(r_max, device=device)[None, :] < counts[:, None]
+    caption_table, table_valid = _caption_table(text_to_item, counts)
 
     firsts, aps, ndcgs = [], [], []
     for a in range(0, n_items, chunk_size):
@@ -259,3 +281,99 @@ def retrieval_metrics(
         _direction_metrics("t2i", torch.cat(firsts), torch.cat(aps), torch.cat(ndcgs), ks_list)
     )
     return out
+
+
+@dataclass
+class BlockwiseRetrieval:
+    """What evaluation keeps of the score matrix: metrics, first ranks, shortlists and margins."""
+
+    metrics: dict[str, float]  # those of `retrieval_metrics`
+    first_rank: dict[str, torch.Tensor]  # "i2t": [N_items], "t2i": [M_texts] pessimistic rank of the first relevant
+    top: dict[str, torch.Tensor]  # [queries, top_k] candidate indices, best first (top_k = 0: [queries, 0])
+    top_scores: dict[str, torch.Tensor]  # [queries, top_k] their scores
+    margin: torch.Tensor  # [N_items] best own-caption score minus best other caption's (+inf with no other caption)
+
+
+def _check_finite(scores: torch.Tensor) -> None:
+    if not bool(torch.isfinite(scores).all()):
+        n_bad = int((~torch.isfinite(scores)).sum())
+        raise ValueError(f"scores contain {n_bad} non-finite value(s) (NaN or Inf)")
+
+
+@torch.no_grad()
+def blockwise_retrieval(
+    items: torch.Tensor,
+    texts: torch.Tensor,
+    text_to_item: torch.Tensor,
+    ks: Sequence[int] = (1, 5, 10),
+    block: int = 1024,
+    top_k: int = 0,
+) -> BlockwiseRetrieval:
+    """`retrieval_metrics(items @ texts.T, ...)` without the matrix: `block` queries at a time.
+
+    Each block of item queries is scored against every caption ([block, M_texts]) and each
+    block of caption queries against every item ([block, N_items]); only ranks, the top
+    `top_k` candidates (re-ranking shortlists) and the alignment margin outlive the block,
+    so peak memory is O(block x max(N, M) x captions per item), not O(N x M).
+
+    Args:
+        items: [N_items, d] item embeddings; texts: [M_texts, d] caption embeddings.
+        text_to_item, ks: as in `retrieval_metrics`; block: queries scored at once.
+        top_k: shortlist length per query (0: none).
+    """
+    if items.ndim != 2 or texts.ndim != 2 or items.shape[1] != texts.shape[1]:
+        raise ValueError(f"items and texts must be [N, d] and [M, d], got {tuple(items.shape)} and {tuple(texts.shape)}")
+    n_items, n_texts = items.shape[0], texts.shape[0]
+    if n_items == 0 or n_texts == 0:
+        raise ValueError(f"nothing to evaluate: {n_items} items, {n_texts} texts")
+    text_to_item, ks_list, counts = _validate_labels(text_to_item, n_items, n_texts, items.device, ks, block,
+                                                     f"texts has M_texts={n_texts} rows")
+    if isinstance(top_k, bool) or int(top_k) != top_k or int(top_k) < 0:
+        raise ValueError(f"top_k must be a non-negative integer, got {top_k!r}")
+    caption_table, table_valid = _caption_table(text_to_item, counts)
+    firsts: dict[str, list[torch.Tensor]] = {"i2t": [], "t2i": []}
+    aps: dict[str, list[torch.Tensor]] = {"i2t": [], "t2i": []}
+    ndcgs: dict[str, list[torch.Tensor]] = {"i2t": [], "t2i": []}
+    tops: dict[str, list[torch.Tensor]] = {"i2t": [], "t2i": []}
+    top_scores: dict[str, list[torch.Tensor]] = {"i2t": [], "t2i": []}
+    margins = []
+    for direction, queries, keys in (("i2t", items, texts), ("t2i", texts, items)):
+        for a in range(0, queries.shape[0], int(block)):
+            scores = queries[a:a + int(block)] @ keys.T  # [q, keys]
+            _check_finite(scores)
+            rows = torch.arange(a, a + scores.shape[0], device=scores.device)
+            if direction == "i2t":
+                n_rel = counts[rows]
+                rel = torch.gather(scores, 1, caption_table[rows]).masked_fill(~table_valid[rows], float("-inf"))
+                own = text_to_item[None, :] == rows[:, None]
+                margins.append(rel.amax(dim=1) - scores.masked_fill(own, float("-inf")).amax(dim=1))
+            else:
+                n_rel = torch.ones_like(rows)
+                rel = torch.gather(scores, 1, text_to_item[rows, None])
+            first, ap, ndcg = _summarise(_chunk_ranks(scores, rel, n_rel), n_rel)
+            firsts[direction].append(first)
+            aps[direction].append(ap)
+            ndcgs[direction].append(ndcg)
+            shortlist = scores.topk(min(int(top_k), scores.shape[1]), dim=1)
+            tops[direction].append(shortlist.indices)
+            top_scores[direction].append(shortlist.values)
+    metrics: dict[str, float] = {}
+    for direction in ("i2t", "t2i"):
+        metrics.update(_direction_metrics(direction, torch.cat(firsts[direction]), torch.cat(aps[direction]),
+                                          torch.cat(ndcgs[direction]), ks_list))
+    return BlockwiseRetrieval(metrics=metrics, first_rank={d: torch.cat(v) for d, v in firsts.items()},
+                              top={d: torch.cat(v) for d, v in tops.items()},
+                              top_scores={d: torch.cat(v) for d, v in top_scores.items()}, margin=torch.cat(margins))
+
+
+def shortlist_first_rank(score: torch.Tensor, relevant: torch.Tensor, first_rank: torch.Tensor) -> torch.Tensor:
+    """First relevant rank once each query's shortlist is re-scored and placed above the rest.
+
+    score, relevant: [queries, k] new scores of the shortlist and which entries are relevant;
+    first_rank: [queries] the rank before re-scoring. Pessimistic ties as everywhere here. A
+    query with nothing relevant in its shortlist keeps its rank: the shortlist held the k
+    best-scored candidates, all non-relevant and all already ranked above its first relevant one.
+    """
+    best = score.masked_fill(~relevant, float("-inf")).amax(dim=1)
+    above = ((score >= best[:, None]) & ~relevant).sum(dim=1)
+    return torch.where(relevant.any(dim=1), 1 + above, first_rank)

@@ -96,3 +96,18 @@ def test_the_scaled_policy_follows_the_curriculum_and_the_literal_one_does_not()
     assert policy_effect_after_training("scaled", -0.5) > 0.5  # late: hard ones
     literal = policy_effect_after_training("literal", +0.5), policy_effect_after_training("literal", -0.5)
     assert literal[0] > 0.5 and literal[1] > 0.5  # "harder is better" in both phases
+
+
+def test_max_items_evaluates_the_first_items_and_their_captions(tiny_method):
+    from bacl.evaluate import first_items
+
+    method = tiny_method("method=clip_itm")
+    model, split = method.model.eval(), method.train_split
+    n = split.n_items // 3
+    head = first_items(split, n)
+    assert head.n_items == n and torch.equal(head.text_item, split.text_item[split.text_item < n])
+    assert torch.equal(head.text, split.text[split.text_item < n])
+    ours = evaluate(model, split, [1, 5], rerank_k=3, max_items=n)
+    assert ours == evaluate(model, head, [1, 5], rerank_k=3)
+    assert ours["eval_items"] == n and ours["eval_texts"] == head.n_texts
+    assert evaluate(model, split, [1], max_items=0)["eval_items"] == split.n_items

@@ -215,7 +215,7 @@ def test_match_classification_by_hand():
     neighbour = torch.tensor([1, 0, 3, 2])
     for i, (p, n) in enumerate([(0.9, 0.1), (0.8, 0.3), (0.7, 0.6), (0.2, 0.5)]):
         scores[i, i], scores[i, neighbour[i]] = p, n
-    out = match_classification(scores, own, neighbour)
+    out = match_classification(lambda i, c: scores[i, c], own, neighbour)
     assert out["cls_threshold"] == pytest.approx(0.65)
     assert out["cls_accuracy"] == pytest.approx(75.0)
     assert out["cls_recall"] == pytest.approx(50.0)

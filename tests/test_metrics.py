@@ -282,3 +282,86 @@ def test_cuda_matches_cpu():
     want = reference_metrics(scores, t2i)
     got = retrieval_metrics(torch.tensor(scores).cuda(), torch.tensor(t2i).cuda(), chunk_size=2)
     _assert_close(got, want)
+
+
+# --------------------------------------------------------------------------- #
+# Blockwise: the same numbers from the embeddings, without the score matrix
+# --------------------------------------------------------------------------- #
+def _embeddings(n_items: int, per_item: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float64 Gaussian embeddings: ties have probability zero; a varying number of captions per item."""
+    gen = torch.Generator().manual_seed(seed)
+    counts = torch.randint(1, per_item + 1, (n_items,), generator=gen)
+    text_item = torch.repeat_interleave(torch.arange(n_items), counts)
+    text_item = text_item[torch.randperm(text_item.numel(), generator=gen)]
+    items = torch.randn(n_items, 8, generator=gen, dtype=torch.float64)
+    texts = items[text_item] + 1.5 * torch.randn(text_item.numel(), 8, generator=gen, dtype=torch.float64)
+    return items, texts, text_item
+
+
+@pytest.mark.parametrize("block", [1, 7, 32, 50, 1000])
+@pytest.mark.parametrize("per_item", [1, 3])
+def test_blockwise_equals_dense(block, per_item):
+    from bacl.metrics import blockwise_retrieval
+
+    items, texts, text_item = _embeddings(50, per_item, seed=block + per_item)
+    got = blockwise_retrieval(items, texts, text_item, ks=(1, 5, 10), block=block, top_k=4)
+    dense = items @ texts.T
+    assert got.metrics == retrieval_metrics(dense, text_item, ks=(1, 5, 10))
+    assert torch.equal(got.top["i2t"], dense.topk(4, dim=1).indices)
+    assert torch.equal(got.top["t2i"], dense.T.topk(4, dim=1).indices)
+    own = text_item[None, :] == torch.arange(50)[:, None]
+    margin = dense.masked_fill(~own, float("-inf")).amax(1) - dense.masked_fill(own, float("-inf")).amax(1)
+    assert torch.allclose(got.margin, margin, rtol=0, atol=1e-12)  # a block of one row is a matrix-vector product
+
+
+def test_shortlist_first_rank_equals_a_rescored_dense_matrix():
+    from bacl.metrics import blockwise_retrieval, recall_at, shortlist_first_rank
+
+    items, texts, text_item = _embeddings(40, 3, seed=0)
+    ranked = blockwise_retrieval(items, texts, text_item, ks=(1,), block=9, top_k=5)
+    dense = items @ texts.T
+    new = torch.randn(40, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    top = ranked.top["i2t"]
+    relevant = text_item[top] == torch.arange(40)[:, None]
+    first = shortlist_first_rank(new, relevant, ranked.first_rank["i2t"])
+    rescored = dense.scatter(1, top, 1e4 + new)
+    want = retrieval_metrics(rescored, text_item, ks=(1, 3, 5))
+    assert recall_at("i2t", first, (1, 3, 5)) == {k: v for k, v in want.items() if k.startswith("i2t_R@")}
+
+
+def test_blockwise_never_builds_a_matrix_of_all_pairs():
+    """Every tensor any torch op creates stays within block x captions x (captions per item) elements."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from bacl.metrics import blockwise_retrieval
+
+    class Largest(TorchDispatchMode):
+        numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    Largest.numel = max(Largest.numel, t.numel())
+            return out
+
+    n, block = 600, 16
+    items, texts, text_item = _embeddings(n, 2, seed=3)
+    m = text_item.numel()
+    with Largest():
+        blockwise_retrieval(items, texts, text_item, block=block, top_k=8)
+    assert block * m * 2 >= Largest.numel >= block * m  # the [block, R, M] comparison, R = 2 captions per item
+    assert Largest.numel < n * m / 10
+
+
+def test_blockwise_bad_inputs_raise():
+    from bacl.metrics import blockwise_retrieval
+
+    with pytest.raises(ValueError, match="length mismatch"):
+        blockwise_retrieval(torch.zeros(2, 3), torch.zeros(3, 3), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="non-finite"):
+        blockwise_retrieval(torch.tensor([[float("nan")], [1.0]]), torch.ones(2, 1), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"\[N, d\]"):
+        blockwise_retrieval(torch.zeros(2, 3), torch.zeros(2, 4), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="top_k"):
+        blockwise_retrieval(torch.zeros(2, 3), torch.zeros(2, 3), torch.tensor([0, 1]), top_k=-1)

@@ -129,5 +129,5 @@ def test_ambiguous_accuracy_against_a_loop():
             for d in (i for i in range(5) if split.text_item[i] == n):
                 diff = scores[a, c] - scores[a, d]
                 wins.append(1.0 if diff > 0 else 0.5 if diff == 0 else 0.0)
-    assert ambiguous_accuracy(scores, split)["ambiguous_acc"] == pytest.approx(sum(wins) / len(wins))
+    assert ambiguous_accuracy(lambda i, c: scores[i, c], split)["ambiguous_acc"] == pytest.approx(sum(wins) / len(wins))
     assert sorted(split.captions_padded().tolist()) == [[0, 3], [1, 2], [4, -1]]

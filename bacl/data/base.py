@@ -7,6 +7,7 @@ import torch
 
 from bacl.data.pool import candidate_pool
 from bacl.data.split import FeatureSplit
+from bacl.metrics import PairScores
 
 
 class FeatureDataset:
@@ -19,8 +20,8 @@ class FeatureDataset:
         """[N_train, k] BNS candidates of each training item (the `pool` section of the run config)."""
         return candidate_pool(self.train.pooled(pool.modality), pool.k, pool.index)
 
-    def extra_metrics(self, scores: torch.Tensor) -> dict[str, float]:
-        """Dataset-specific evaluation on the test split's [items, captions] score matrix."""
+    def extra_metrics(self, scores: PairScores) -> dict[str, float]:
+        """Dataset-specific evaluation from the scores of (test item, test caption) index pairs."""
         return {}
 
     def data_counts(self) -> dict[str, Any]:

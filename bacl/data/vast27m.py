@@ -22,6 +22,7 @@ from bacl.data.pool import candidate_pool
 from bacl.data.store_dataset import RawSample, Skipped, StoreDataset, StoreDatasetConfig, clean_captions, hash_split
 from bacl.data.webvid10m import shard_start, table_shards
 from bacl.errors import ConfigError, require
+from bacl.metrics import PairScores
 
 CAPTION_FIELDS = ("vast_cap", "vision_cap", "audio_cap")
 
@@ -92,8 +93,8 @@ class Vast27M(StoreDataset):
         # The hardest frozen-space neighbour of each test clip supplies its mismatched caption.
         self._test_neighbour = candidate_pool(self.test.pooled("vision"), 1)[:, 0]
 
-    def extra_metrics(self, scores: torch.Tensor) -> dict[str, float]:
-        return match_classification(scores, self.test.captions_padded()[:, 0], self._test_neighbour.to(scores.device))
+    def extra_metrics(self, scores: PairScores) -> dict[str, float]:
+        return match_classification(scores, self.test.captions_padded()[:, 0], self._test_neighbour)
 
 
 @functools.lru_cache(maxsize=1)
@@ -122,7 +123,7 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), f"a {type(value).__name__}")
 
 
-def match_classification(scores: torch.Tensor, own_caption: torch.Tensor, neighbour: torch.Tensor) -> dict[str, float]:
+def match_classification(scores: PairScores, own_caption: torch.Tensor, neighbour: torch.Tensor) -> dict[str, float]:
     """Binary match/mismatch classification of (clip, caption) pairs, in percent.
 
     Every test clip gives a matched pair (its first caption) and a mismatched one (the first
@@ -130,11 +131,11 @@ def match_classification(scores: torch.Tensor, own_caption: torch.Tensor, neighb
     threshold on the model's score is fitted on the even-indexed clips (best accuracy) and
     applied to the odd-indexed ones, on which accuracy, F1 and recall of the match class are reported.
     """
-    n = scores.shape[0]
+    n = own_caption.numel()
     if n < 4:
         return {}
-    items = torch.arange(n, device=scores.device)
-    pos, neg = scores[items, own_caption], scores[items, own_caption[neighbour]]
+    items = torch.arange(n)
+    pos, neg = scores(items, own_caption), scores(items, own_caption[neighbour])
     fit, held = items % 2 == 0, items % 2 == 1
     fit_scores = torch.cat([pos[fit], neg[fit]])
     fit_labels = torch.cat([torch.ones_like(pos[fit]), torch.zeros_like(neg[fit])]).bool()
