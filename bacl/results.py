@@ -36,6 +36,7 @@ from bacl.errors import ConfigError
 PACKAGES = ("torch", "open_clip_torch", "faiss-cpu", "faiss-gpu", "omegaconf", "numpy", "pandas", "submitit")
 LOCK = "run.lock"
 TMP_PREFIX, TMP_SUFFIX = ".", ".tmp"  # temporary files are .<name>.<random>.tmp
+SOURCE = Path(__file__).resolve()  # a file of this checkout, for its git state
 
 
 def umask() -> int:
@@ -228,13 +229,26 @@ def lock_holder(run_dir: Path) -> dict | None:
         os.close(fd)
 
 
-def git_commit() -> str | None:
+def _git(*args: str, cwd: Path) -> str | None:
+    """git's stdout, or None where git is missing, fails or hangs."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_state(source: Path = SOURCE) -> dict[str, Any] | None:
+    """`{commit, dirty}` of the checkout this code runs from, so a result names the code that made it;
+    dirty: `git status --porcelain` lists something (edits or untracked files), i.e. the commit alone
+    does not reproduce it. None outside a checkout, and for an installed copy that merely sits inside
+    some other repository (`source` is not tracked there)."""
+    if _git("ls-files", "--error-unmatch", source.name, cwd=source.parent) is None:
+        return None
+    commit, status = _git("rev-parse", "HEAD", cwd=source.parent), _git("status", "--porcelain", cwd=source.parent)
+    if not commit:
+        return None
+    return {"commit": commit.strip(), "dirty": None if status is None else bool(status.strip())}
 
 
 def package_versions() -> dict[str, str]:

@@ -51,8 +51,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch import nn
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from tqdm import tqdm
 
 from bacl.attention_example import ATTENTION_EXAMPLE, write_attention_example
@@ -68,7 +68,7 @@ from bacl.results import (
     RunLock,
     append_jsonl,
     describe_holder,
-    git_commit,
+    git_state,
     package_versions,
     read_result,
     remove_orphans,
@@ -77,6 +77,7 @@ from bacl.results import (
     write_text,
 )
 from bacl.rng import stream_seed
+from bacl.tracking import Tracker, require_packages
 
 CHECKPOINT_KEYS = ("step", "method", "optimizer", "scheduler", "torch_rng", "epoch_sums")
 
@@ -198,6 +199,7 @@ class Trainer:
         """Data, pool, model, method and optimizer; raises ConfigError before any step."""
         cfg = self.cfg
         check_device(cfg.train.device)
+        require_packages(cfg.log)
         torch.manual_seed(cfg.seed)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -364,11 +366,20 @@ class Trainer:
 
     def fit(self) -> dict[str, float]:
         cfg = self.cfg
-        metrics_path = self.run_dir / "metrics.jsonl"
         main = self.world.is_main
         progress = tqdm(total=self.total_steps, initial=self.step, desc=f"{cfg.method.name} {self.run_id}",
                         unit="step", dynamic_ncols=True, disable=not main,
                         mininterval=0.1 if sys.stderr.isatty() else 30)  # job logs: a line per 30 s
+        tracker = Tracker(cfg.log, self.run_dir, self.run_id, to_container(cfg), self.step, self.batch_size, main)
+        try:
+            return self._epochs(progress, tracker)
+        finally:
+            tracker.close()
+            progress.close()
+
+    def _epochs(self, progress: tqdm, tracker: Tracker) -> dict[str, float]:
+        cfg = self.cfg
+        main = self.world.is_main
         metrics: dict[str, float] = {}
         # at an epoch's last step (a checkpoint there is written before the epoch's end), redo that end
         first_epoch = max(self.step - 1, 0) // self.steps_per_epoch
@@ -383,6 +394,7 @@ class Trainer:
                     self.epoch_sums[k] += v
                 progress.update(1)
                 progress.set_postfix(loss=f"{stats['loss']:.3f}")
+                tracker.step(self.step, stats, self.scheduler.get_last_lr()[0])
                 if self.step % cfg.train.checkpoint_every == 0 or self.step == self.total_steps:
                     self.checkpoint()  # before this epoch's end below: a resume from it redoes that end
             record = {"epoch": epoch + 1, "step": self.step, "progress": self.step / self.total_steps,
@@ -394,13 +406,13 @@ class Trainer:
                                    rerank_k=cfg.eval.rerank_k if self.method.reranks else 0,
                                    cross_attention=self.method.trains_cross_attention)
                 record["eval"] = metrics
+            tracker.epoch_end(self.step, record.get("eval"))
             if main and last_epoch and self.method.trains_cross_attention:  # what the report's CLA heat map draws
                 write_attention_example(self.method.model, self.test_split, self.run_dir / ATTENTION_EXAMPLE)
             self.records.append(record)
             if main:
-                append_jsonl(metrics_path, record)
+                append_jsonl(self.run_dir / "metrics.jsonl", record)
             self.world.barrier()
-        progress.close()
         return metrics
 
     def run(self) -> dict:
@@ -476,7 +488,9 @@ class Trainer:
             write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg))
         record = {"run_id": self.run_id, "method": self.cfg.method.name, "dataset": self.cfg.dataset.name,
                   "seed": self.cfg.seed, "config": to_container(self.cfg), "data": self.dataset.data_counts(),
-                  "git_commit": git_commit(), "packages": package_versions(), "started_at": started}
+                  "packages": package_versions(), "started_at": started}
+        git = git_state()
+        record.update(git=git, git_commit=git and git["commit"])  # git_commit: the key results before git.dirty had
         ckpt = self.run_dir / "last.pt"
         try:
             state = self.read_checkpoint()
