@@ -116,11 +116,14 @@ def parse_overrides(args: Iterable[str]) -> list[tuple[str, Any]]:
 
 
 def _valid_keys(cfg: DictConfig, key: str) -> str:
-    parent = key.rpartition(".")[0]
-    node = OmegaConf.select(cfg, parent) if parent else cfg
-    where = f"under {parent!r}" if parent else "at the top level"
-    keys = ", ".join(sorted(node.keys())) if isinstance(node, DictConfig) else "(none: not a section)"
-    return f"valid keys {where}: {keys}"
+    """What `key` lacks: its deepest existing section, the missing part, and that section's keys."""
+    parts, node, depth = key.split("."), cfg, 0
+    while depth < len(parts) - 1 and parts[depth] in node and isinstance(node[parts[depth]], DictConfig):
+        node, depth = node[parts[depth]], depth + 1
+    where = ".".join(parts[:depth])
+    owner = f"{where} {node.name!r}" if where in GROUPS else repr(where) if where else "the config"
+    within = f"under {where!r}" if where else "at the top level"
+    return f"{owner} has no key {parts[depth]!r}; valid keys {within}: {', '.join(sorted(node.keys()))}"
 
 
 def _set(cfg: DictConfig, key: str, value: Any, origin: str) -> None:
