@@ -33,7 +33,7 @@ import torch
 
 from bacl.errors import ConfigError
 
-PACKAGES = ("torch", "open_clip_torch", "faiss-cpu", "faiss-gpu", "omegaconf", "numpy", "pandas", "submitit")
+PACKAGES = ("torch", "open_clip_torch", "omegaconf", "numpy", "pandas", "submitit")
 LOCK = "run.lock"
 TMP_PREFIX, TMP_SUFFIX = ".", ".tmp"  # temporary files are .<name>.<random>.tmp
 SOURCE = Path(__file__).resolve()  # a file of this checkout, for its git state
@@ -258,4 +258,9 @@ def package_versions() -> dict[str, str]:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             continue
+    try:  # the module's own version: faiss-cpu and faiss-gpu-cu12 are different distributions of one module
+        import faiss
+        versions["faiss"] = faiss.__version__
+    except ImportError:
+        pass
     return versions
