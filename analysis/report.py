@@ -184,11 +184,12 @@ def write_report(root: Path) -> list[Path]:
                           f"({where(dataset)}).")
         metric = primary_metric(dataset)
         report.figure(figures.metric_by_method(main, metric, report.figures_dir, f"{slug(metric)}_by_method{suffix}"),
-                      f"{metric} per method at its defaults ({where(dataset)}), mean ± std over seeds.")
+                      f"{metric} per method at its defaults ({where(dataset)}): every seed, mean ± 95 % t interval.")
         if "ambiguous_acc" in main and main["ambiguous_acc"].notna().any():
             report.figure(figures.metric_by_method(main, "ambiguous_acc", report.figures_dir,
                                                    f"ambiguous_acc_by_method{suffix}", chance=0.5),
-                          f"Own caption scored above a sibling's (ambiguous negatives) per method ({where(dataset)}).")
+                          f"Own caption scored above a sibling's (ambiguous negatives) per method ({where(dataset)}): every "
+                          "seed, mean ± 95 % t interval; chance 50 %.")
         if "ael_text" in main and main["ael_text"].notna().any():
             chance = main.get("ael_text_chance", pd.Series(dtype=float)).dropna()
             report.figure(figures.metric_by_method(main, "ael_text", report.figures_dir, f"ael_by_method{suffix}",
