@@ -6,12 +6,13 @@ rejects unknown keys and wrong types, `check` the out-of-range values.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig
 
-from bacl.errors import require
+from bacl.errors import ConfigError, require
 
 EXECUTORS = ("local", "slurm", "debug")
 
@@ -39,3 +40,19 @@ class ClusterProfile:
         for key in ("gpus_per_node", "parallel", "signal_delay_s", "max_requeues"):
             require(getattr(self, key) >= 0, f"{path}: {key}", getattr(self, key), "an integer >= 0")
         require(self.mem_gb > 0, f"{path}: mem_gb", self.mem_gb, "> 0")
+
+
+def check_devices(profile: DictConfig, devices: Iterable[str], where: str) -> None:
+    """Refuse, before anything is submitted, jobs whose GPUs do not match their runs' `train.device`:
+    a job with gpus_per_node=0 sees no GPU (SLURM allocates none; submitit's local executor hides them),
+    so cuda runs would queue and then crash, and GPUs held by cpu runs sit idle. `debug` runs in this process."""
+    if profile.executor == "debug":
+        return
+    devices = sorted(set(devices))
+    cuda = [d for d in devices if d.startswith("cuda")]
+    if cuda and profile.gpus_per_node == 0:
+        raise ConfigError(f"{where}: gpus_per_node=0 but the runs ask for train.device={cuda[0]}: the jobs would get no GPU; "
+                          f"pick a GPU profile (cluster=slurm-gpu), add cluster.gpus_per_node=1, or set train.device=cpu")
+    if "cpu" in devices and profile.gpus_per_node > 0:
+        raise ConfigError(f"{where}: gpus_per_node={profile.gpus_per_node} but runs use train.device=cpu: their GPUs "
+                          f"would sit idle; set train.device=cuda, or cluster.gpus_per_node=0 (a CPU profile)")

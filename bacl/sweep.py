@@ -82,8 +82,9 @@ def available(kind: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / kind).glob("*.yaml"))
 
 
-def load_group_file(kind: str, name: str) -> DictConfig:
-    """bacl/conf/<kind>/<name>.yaml, validated by its schema (AblationSpec, ClusterProfile)."""
+def load_group_file(kind: str, name: str, overrides: tuple[str, ...] = ()) -> DictConfig:
+    """bacl/conf/<kind>/<name>.yaml, with `key=value` overrides of its keys (`cluster.mem_gb=8` on the
+    command line), validated by its schema (AblationSpec, ClusterProfile)."""
     path = CONF_DIR / kind / f"{name}.yaml"
     if not path.exists():
         raise ConfigError(f"unknown {kind} {name!r}: valid choices are {', '.join(available(kind))}")
@@ -91,7 +92,10 @@ def load_group_file(kind: str, name: str) -> DictConfig:
         node = OmegaConf.load(path)
     except Exception as err:  # a YAML syntax error: name the file
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    return load_structured(SCHEMAS[kind], node, str(path))
+    for key, value in parse_overrides(overrides):
+        OmegaConf.update(node, key, value, merge=True)  # an unknown key is named by the schema check below
+    where = f"{path} with {kind}.{' '.join(overrides)}" if overrides else str(path)
+    return load_structured(SCHEMAS[kind], node, where)
 
 
 def load_ablation(name: str) -> DictConfig:

@@ -129,7 +129,7 @@ def test_profile_defaults_fill_in_what_a_file_leaves_out():
     assert (profile.partition, profile.mem_gb, profile.max_requeues, profile.signal_delay_s) == ("gpu", 4.0, 3, 90)
     assert dict(profile.additional_parameters) == {} and profile.nodes == 1
     for name in sweep.available("cluster"):  # every shipped profile loads
-        assert sweep.load_group_file("cluster", name).executor == name
+        assert sweep.load_group_file("cluster", name).executor == name.partition("-")[0]  # slurm-gpu: slurm
 
 
 def test_sweep_cli_rejects_a_misspelt_profile_key(conf, tmp_path, capsys, monkeypatch):
