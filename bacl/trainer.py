@@ -404,7 +404,7 @@ class Trainer:
             if main and (last_epoch or (epoch + 1) % cfg.eval.every_epochs == 0):
                 metrics = evaluate(self.method.model, self.test_split, cfg.eval.ks, self.dataset.extra_metrics,
                                    rerank_k=cfg.eval.rerank_k if self.method.reranks else 0,
-                                   cross_attention=self.method.trains_cross_attention)
+                                   cross_attention=self.method.trains_cross_attention, max_items=cfg.eval.max_items)
                 record["eval"] = metrics
             tracker.epoch_end(self.step, record.get("eval"))
             if main and last_epoch and self.method.trains_cross_attention:  # what the report's CLA heat map draws
