@@ -281,7 +281,7 @@ def test_main_grid_covers_four_datasets_and_refuses_unextracted_data(tmp_path):
     assert len({r.run_id for r in expand("main", ["data_root=/elsewhere"])} & {r.run_id for r in runs}) == len(runs)
     messages = unextracted(runs)
     assert len(messages) == 4 and all("no feature store" in m and "experiments/extract.py" in m for m in messages)
-    sweep = subprocess.run([sys.executable, str(REPO / "experiments" / "sweep.py"), "ablation=main", "cluster=slurm",
+    sweep = subprocess.run([sys.executable, str(REPO / "experiments" / "sweep.py"), "ablation=main", "cluster=slurm-gpu",
                             f"data_root={tmp_path}", f"output_dir={tmp_path / 'runs'}"], capture_output=True, text=True, cwd=REPO)
     assert sweep.returncode == 2 and "extract the features" in sweep.stderr and not (tmp_path / "runs").exists()
 
