@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 # Append only: a stream's seed depends on the purpose's position in this tuple.
-PURPOSES = ("model_init", "epoch_order", "captions", "negatives", "gumbel", "itm")
+PURPOSES = ("model_init", "epoch_order", "captions", "negatives", "gumbel", "itm", "shard_order", "shuffle_buffer")
 
 
 def stream_seed(seed: int, purpose: str, *key: int) -> int:

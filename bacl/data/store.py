@@ -158,8 +158,7 @@ class FeatureStore:
                 raise StoreMissing(f"{self.path}: shard {shard} was not extracted")
             if not meta["keys"]:
                 continue
-            keep = np.array([s == split and k not in exclude for s, k in zip(meta["splits"], meta["keys"])], dtype=bool)
-            yield d, meta, keep
+            yield d, meta, split_keep(meta, split, exclude)
 
     def keys(self, split: str, exclude: Collection[str] = ()) -> list[str]:
         """Item keys of a split, in the order of its rows."""
@@ -226,7 +225,7 @@ class FeatureStore:
         tokens = [np.concatenate(stream_parts[f"{n}.tokens"]) for n in names]
         pooled = [np.concatenate(stream_parts[f"{n}.pooled"]) for n in names]
         return FeatureSplit(
-            vision=torch.from_numpy(_block_concat(tokens)),
+            vision=torch.from_numpy(block_concat(tokens)),
             text=torch.from_numpy(np.concatenate(parts["text_tokens"])),
             text_item=torch.from_numpy(np.concatenate(parts["text_item"])).long(),
             vision_pooled=torch.from_numpy(pooled[0].astype(np.float32)),
@@ -273,13 +272,18 @@ class FeatureStore:
         return record if record is not None and record.get("signature") == signature else None
 
 
+def split_keep(meta: dict, split: str, exclude: Collection[str]) -> np.ndarray:
+    """[items in the shard] which of a shard's items (its items.json `meta`) are in `split` and not excluded by key."""
+    return np.array([s == split and k not in exclude for s, k in zip(meta["splits"], meta["keys"])], dtype=bool)
+
+
 def index_signature(index: Any) -> dict:
     """The index settings that change which neighbours are found (not batching, not the device)."""
     data = OmegaConf.to_container(index) if OmegaConf.is_config(index) else dict(vars(index))
     return {k: v for k, v in data.items() if k not in ("query_batch", "gpu")}
 
 
-def _block_concat(tokens: list[np.ndarray]) -> np.ndarray:
+def block_concat(tokens: list[np.ndarray]) -> np.ndarray:
     """[n, L1, d1], [n, L2, d2], ... -> [n, L1 + L2 + ..., d1 + d2 + ...] with disjoint channel blocks."""
     if len(tokens) == 1:
         return np.ascontiguousarray(tokens[0])
