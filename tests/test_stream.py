@@ -135,5 +135,7 @@ def test_bad_settings_are_config_errors(store):
     index = ShardIndex(store, "train")
     with pytest.raises(ConfigError, match="rank"):
         ShardStream(index, 4, 4, seed=0, rank=2, world_size=2)
+    with pytest.raises(ConfigError, match="the split's shards"):
+        ShardStream(index, 4, 4, seed=0, rank=0, world_size=8)
     with pytest.raises(ConfigError, match="buffer_size"):
         ShardStream(index, 4, 0, seed=0)

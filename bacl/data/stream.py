@@ -150,6 +150,8 @@ class ShardStream:
         require(buffer_size >= 1, "buffer_size", buffer_size, ">= 1")
         require(world_size >= 1, "world_size", world_size, ">= 1")
         require(0 <= rank < world_size, "rank", rank, f"in [0, {world_size})")
+        require(world_size <= index.n_shards, "world_size", world_size, f"<= {index.n_shards}, the split's shards "
+                "(a rank without a shard would have nothing to read)")
         self.index, self.batch_size, self.buffer_size = index, batch_size, buffer_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self._start_epoch(0)
