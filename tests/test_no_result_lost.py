@@ -244,15 +244,30 @@ def test_a_non_finite_update_never_reaches_the_checkpoint(tmp_path, monkeypatch,
     assert kept["step"] == 3 and all_finite(kept)
 
 
-def test_a_diverging_run_keeps_a_finite_checkpoint(tmp_path):
-    """lr=1e3: the update of step 3 makes the weights and Adam's moments non-finite while the loss
-    of step 3 was finite (the old trainer saved exactly that state as the 'last good' one)."""
-    trainer = Trainer(load_config([*TINY, "method=clip", "train.lr=1e3", "train.checkpoint_every=1",
-                                   f"output_dir={tmp_path}"]))
+def test_a_diverging_run_keeps_a_finite_checkpoint(tmp_path, monkeypatch):
+    """The update of step 3 makes the weights non-finite while the loss of step 3 was finite (what a
+    far too high lr does; the old trainer saved exactly that state as the 'last good' one). The update
+    is poisoned directly: which lr diverges that way, and at which step, depends on the optimizer's
+    details (weight-decay groups changed it) and on the thread count."""
+    build = Trainer.build
+
+    def build_with_a_poisoned_third_update(self: Trainer) -> None:
+        build(self)
+        update = self.optimizer.step
+
+        def step(*args, **kwargs):
+            out = update(*args, **kwargs)
+            if self.step == 2:  # the third update: self.step counts the updates before it
+                self.params[0].data.fill_(float("nan"))
+            return out
+        self.optimizer.step = step
+
+    monkeypatch.setattr(Trainer, "build", build_with_a_poisoned_third_update)
+    trainer = Trainer(load_config([*TINY, "method=clip", "train.checkpoint_every=1", f"output_dir={tmp_path}"]))
     result = trainer.run()
     assert result["status"] == "failed" and "non-finite" in result["error"]
     kept = torch.load(trainer.run_dir / "last.pt", weights_only=False)
-    assert all_finite(kept) and kept["step"] == result["checkpoint_step"] < result["step"]
+    assert all_finite(kept) and kept["step"] == result["checkpoint_step"] == 2 < result["step"]
 
 
 # ---- one writer per run directory ------------------------------------------------------------
