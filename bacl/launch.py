@@ -43,13 +43,27 @@ def validate_profile(profile: DictConfig, path: str) -> DictConfig:
     return load_structured(ClusterProfile, profile, path)
 
 
+def job_resources(profile: DictConfig) -> dict:
+    """What one run's job asks for: one task per GPU on every node (one task on a CPU profile)."""
+    return dict(timeout_min=profile.timeout_min, cpus_per_task=profile.cpus_per_task, mem_gb=profile.mem_gb,
+                nodes=profile.nodes, gpus_per_node=profile.gpus_per_node, tasks_per_node=max(1, profile.gpus_per_node))
+
+
+def describe_request(profile: DictConfig) -> str:
+    """The per-job and per-task request of `job_resources`, as --dry-run prints it."""
+    r = job_resources(profile)
+    tasks = r["nodes"] * r["tasks_per_node"]
+    gpus = "1 GPU" if r["gpus_per_node"] else "no GPU"
+    return (f"each run: {r['nodes']} node(s) x {r['tasks_per_node']} task(s) = {tasks} task(s) (world size {tasks}, "
+            f"{'nccl' if r['gpus_per_node'] else 'gloo'}); per task: {gpus}, {r['cpus_per_task']} CPU(s); "
+            f"per node: {r['mem_gb']:g} GB memory; time limit {r['timeout_min']} min")
+
+
 def make_executor(profile: DictConfig, folder: Path, name: str) -> submitit.Executor:
     """A submitit executor for a validated ClusterProfile; SLURM-only keys are ignored elsewhere."""
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster=profile.executor,
                                      slurm_max_num_timeout=profile.max_requeues)
-    params = dict(name=name, timeout_min=profile.timeout_min, cpus_per_task=profile.cpus_per_task,
-                  mem_gb=profile.mem_gb, nodes=profile.nodes, gpus_per_node=profile.gpus_per_node,
-                  tasks_per_node=max(1, profile.gpus_per_node))
+    params = dict(name=name, **job_resources(profile))
     if profile.executor == "slurm":
         params.update(
             slurm_array_parallelism=profile.array_parallelism,

@@ -19,8 +19,10 @@ from bacl.cli.report import main as report
 from bacl.cli.sweep import main as sweep
 from bacl.cli.train import main as train
 from bacl.config import load_config, to_container
+from bacl.launch import make_executor
 from bacl.registry import DATASETS, METHODS
 from bacl.results import git_state
+from bacl.sweep import load_group_file
 from helpers import REPO, TINY, load_cli
 
 
@@ -62,6 +64,16 @@ def test_a_cluster_key_on_the_command_line_changes_the_dry_runs_resources(conf, 
     assert sweep([*args, "cluster.gpus=1"]) == 2
     err = capsys.readouterr().err
     assert "unknown key(s) gpus=1" in err and "gpus_per_node" in err
+
+
+def test_a_two_node_gpu_dry_run_shows_what_each_task_gets_and_submitit_is_asked_the_same(tmp_path, capsys):
+    args = ["ablation=main", "cluster=slurm-gpu", "cluster.nodes=2", "cluster.gpus_per_node=4", f"output_dir={tmp_path}"]
+    assert sweep([*args, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "each run: 2 node(s) x 4 task(s) = 8 task(s) (world size 8, nccl); per task: 1 GPU, 8 CPU(s)" in out
+    profile = load_group_file("cluster", "slurm-gpu", ("nodes=2", "gpus_per_node=4"))
+    asked = make_executor(profile, tmp_path, "x")._executor.parameters  # what sbatch gets
+    assert (asked["nodes"], asked["ntasks_per_node"], asked["gpus_per_node"], asked["cpus_per_task"]) == (2, 4, 4, 8)
 
 
 def test_the_shipped_main_grid_on_the_cpu_profile_is_refused(tmp_path, capsys):

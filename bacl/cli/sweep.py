@@ -28,7 +28,7 @@ from analysis.report import draw
 from bacl.cli.args import Command, as_axes, parse
 from bacl.cli.help import render
 from bacl.errors import ConfigError
-from bacl.launch import local_parallelism, make_executor, run_throttled, submit_slurm
+from bacl.launch import describe_request, local_parallelism, make_executor, run_throttled, submit_slurm
 from bacl.profiles import check_devices
 from bacl.results import describe_holder, git_state
 from bacl.sweep import Run, expand, load_ablation, load_group_file, unextracted
@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
               f"--rerun-stale trains them again", file=sys.stderr)
     if "--dry-run" in cmd.flags:
         print(f"cluster {cluster}: " + " ".join(f"{k}={profile[k]}" for k in RESOURCES))
+        print(f"  {describe_request(profile)}")
     if "--dry-run" in cmd.flags or "--status" in cmd.flags:
         show(name, runs, states, jobs, dry_run="--dry-run" in cmd.flags,
              redo=frozenset(run.run_id for run in old) if rerun else frozenset())
