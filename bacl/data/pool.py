@@ -21,7 +21,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -104,21 +104,19 @@ def _nlist(cfg: IndexConfig | DictConfig, n: int) -> int:
     return nlist
 
 
-def _training_sample(x: np.ndarray, cfg: IndexConfig | DictConfig, nlist: int) -> np.ndarray:
-    size = min(x.shape[0], cfg.train_size or 256 * nlist)
+def training_rows(n: int, cfg: IndexConfig | DictConfig) -> np.ndarray | None:
+    """The sorted rows an IVF index is trained on (None: all n), drawn with TRAIN_SEED so the pool is reproducible."""
+    nlist = _nlist(cfg, n)
+    size = min(n, cfg.train_size or 256 * nlist)
     require(size >= nlist, f"{KEY}.train_size", cfg.train_size, f"0 or at least {KEY}.nlist={nlist}")
-    if size == x.shape[0]:
-        return x
-    rows = np.random.default_rng(TRAIN_SEED).choice(x.shape[0], size, replace=False)
-    return x[np.sort(rows)]
+    if size == n:
+        return None
+    return np.sort(np.random.default_rng(TRAIN_SEED).choice(n, size, replace=False))
 
 
-@torch_threads
-def build_index(x: np.ndarray, cfg: IndexConfig | DictConfig | None = None) -> faiss.Index:
-    """An inner-product index over `x` (float32, rows L2-normalised, so scores are cosines)."""
-    cfg = IndexConfig() if cfg is None else cfg
+def empty_index(cfg: IndexConfig | DictConfig, n: int, d: int) -> faiss.Index:
+    """The index `cfg` describes for n vectors of width d, untrained and empty (on the GPUs where `cfg.gpu` says so)."""
     validate_index(cfg)
-    n, d = x.shape
     if cfg.kind == "hnsw":
         index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = cfg.ef_construction
@@ -132,14 +130,48 @@ def build_index(x: np.ndarray, cfg: IndexConfig | DictConfig | None = None) -> f
         index.nprobe = cfg.nprobe
     else:
         index = faiss.IndexFlatIP(d)
+    return to_device(index, cfg)
+
+
+def to_device(index: faiss.Index, cfg: IndexConfig | DictConfig) -> faiss.Index:
+    """`index` on every GPU if `cfg.gpu` and the faiss build allow it, else unchanged."""
     if _use_gpu(cfg):
         index = faiss.index_cpu_to_all_gpus(index)
         if cfg.kind in ("ivf", "ivfpq"):  # also reaches the per-GPU replicas, whatever the cloner copied
             faiss.GpuParameterSpace().set_index_parameter(index, "nprobe", cfg.nprobe)
+    return index
+
+
+@torch_threads
+def build_index(x: np.ndarray, cfg: IndexConfig | DictConfig | None = None) -> faiss.Index:
+    """An inner-product index over `x` (float32, rows L2-normalised, so scores are cosines)."""
+    cfg = IndexConfig() if cfg is None else cfg
+    n, d = x.shape
+    index = empty_index(cfg, n, d)
     if not index.is_trained:
-        index.train(_training_sample(x, cfg, _nlist(cfg, n)))
+        rows = training_rows(n, cfg)
+        index.train(x if rows is None else x[rows])
     index.add(x)
     return index
+
+
+class Vectors(Protocol):
+    """What the searches read besides an array: rows by index and an exact search over all of them
+    (bacl/data/pool_out_of_core.py reads both from memory-mapped shards, a chunk at a time)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray: ...
+
+    def knn(self, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def exact_knn(queries: np.ndarray, base: np.ndarray | Vectors, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids) of the `depth` largest inner products of each query over all of `base`."""
+    if isinstance(base, np.ndarray):
+        return faiss.knn(queries, base, depth, metric=faiss.METRIC_INNER_PRODUCT)
+    return base.knn(queries, depth)
 
 
 def normalised(embeddings: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -155,7 +187,7 @@ def _without_anchor(found: np.ndarray, anchors: np.ndarray, k: int) -> np.ndarra
 
 
 @torch_threads
-def search_pool(searcher: faiss.Index, x: np.ndarray, rows: np.ndarray, k: int,
+def search_pool(searcher: faiss.Index, x: np.ndarray | Vectors, rows: np.ndarray, k: int,
                 query_batch: int = IndexConfig.query_batch) -> np.ndarray:
     """[len(rows), k] pools of the items `rows` of `x`; separate from candidate_pool so a benchmark
     can time the production search on a subset of queries."""
@@ -172,7 +204,7 @@ def search_pool(searcher: faiss.Index, x: np.ndarray, rows: np.ndarray, k: int,
     # k+1 items): search those rows exactly.
     short = np.flatnonzero((pool < 0).any(axis=1))
     if len(short):
-        _, found = faiss.knn(x[rows[short]], x, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+        _, found = exact_knn(x[rows[short]], x, k + 1)
         pool[short] = _without_anchor(found, rows[short], k)
     return pool
 
@@ -236,18 +268,19 @@ def filter_signature(threshold: float, captions: bool) -> dict:
     return {"duplicate_threshold": min(float(threshold), 1.0), "drop_same_caption": bool(captions)}
 
 
-def neighbours(searcher: faiss.Index, base: np.ndarray, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+def neighbours(searcher: faiss.Index, base: np.ndarray | Vectors, queries: np.ndarray, depth: int
+               ) -> tuple[np.ndarray, np.ndarray]:
     """(scores, ids) [len(queries), depth] in `searcher`, an index over `base`; queries an approximate
     search left short (-1) are searched exactly."""
     scores, found = searcher.search(queries, depth)
     short = np.flatnonzero((found < 0).any(axis=1))
     if len(short):
-        scores[short], found[short] = faiss.knn(queries[short], base, depth, metric=faiss.METRIC_INNER_PRODUCT)
+        scores[short], found[short] = exact_knn(queries[short], base, depth)
     return scores, found
 
 
 @torch_threads
-def search_filtered_pool(searcher: faiss.Index, x: np.ndarray, rows: np.ndarray, k: int, threshold: float,
+def search_filtered_pool(searcher: faiss.Index, x: np.ndarray | Vectors, rows: np.ndarray, k: int, threshold: float,
                          captions: CaptionSets | None, query_batch: int = IndexConfig.query_batch,
                          ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """[len(rows), k] pools without each anchor's duplicates, and per-slot counts of what was dropped.
@@ -274,7 +307,7 @@ def search_filtered_pool(searcher: faiss.Index, x: np.ndarray, rows: np.ndarray,
         while len(left):
             anchors = rows[left]
             if depth > MAX_INDEX_DEPTH:
-                scores, found = faiss.knn(x[anchors], x, depth, metric=faiss.METRIC_INNER_PRODUCT)
+                scores, found = exact_knn(x[anchors], x, depth)
             else:
                 scores, found = neighbours(searcher, x, x[anchors], depth)
             is_anchor = found == anchors[:, None]

@@ -1,0 +1,148 @@
+"""The out-of-core pool: the in-memory builder's table and counts through chunks and parts, IVF recall
+against exact, the table split over parts, and no read (hence no array) of more than a chunk of rows."""
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+
+from bacl.config import PoolConfig
+from bacl.data import pool_out_of_core as ooc
+from bacl.data.pool import IndexConfig
+from bacl.data.store import FeatureStore, ShardArrays
+from bacl.data.store_dataset import StoreDataset
+from bacl.errors import ConfigError
+
+SHARDS, ROWS, D = 5, 150, 16  # 5 x 150 items, every 7th a test item: 640 train items
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_store(path, shards: int = SHARDS, rows: int = ROWS, d: int = D, captions: int = 2) -> FeatureStore:
+    """Clustered pooled embeddings (structure for IVF) in which every 10th item nearly copies the one before
+    and every 12th repeats the caption of the one before: both duplicate filters have work."""
+    store = FeatureStore(path)
+    names = [f"{s:03d}" for s in range(shards)]
+    store.init({"test": "pool_out_of_core"}, ["frames"], names)
+    gen = np.random.default_rng(0)
+    centres = gen.standard_normal((12, d))
+    for name in names:
+        pooled = centres[gen.integers(0, len(centres), rows)] + 0.7 * gen.standard_normal((rows, d))
+        pooled[1::10] = pooled[0::10][: len(pooled[1::10])] + 0.01 * gen.standard_normal((len(pooled[1::10]), d))
+        text_item = np.repeat(np.arange(rows), captions)
+        hashes = gen.integers(-2**62, 2**62, text_item.size)
+        hashes[captions * np.arange(1, rows, 12)] = hashes[captions * np.arange(0, rows - 1, 12)]
+        store.write_shard(name, ShardArrays(
+            keys=[f"{name}-{i}" for i in range(rows)], splits=["test" if i % 7 == 3 else "train" for i in range(rows)],
+            skipped=[], streams={"frames": (np.zeros((rows, 1, 2)), pooled)}, text_item=text_item,
+            text_tokens=np.zeros((text_item.size, 1, 2)), text_pooled=gen.standard_normal((text_item.size, d)),
+            text_hash=hashes))
+    return store
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return write_store(tmp_path_factory.mktemp("store"))
+
+
+def in_memory(store: FeatureStore, pool: PoolConfig) -> tuple[np.ndarray, dict]:
+    """What extract.py builds and stores today (StoreDataset.build_pool over the whole split in memory)."""
+    table, meta = StoreDataset.build_pool(store, store.split("train"), pool)
+    return table.numpy(), meta
+
+
+def out_of_core(store: FeatureStore, pool: PoolConfig, chunk: int, parts: int = 1) -> tuple[np.ndarray, dict]:
+    path = ooc.build(store, pool, chunk, parts)
+    loaded = store.load_pool("train", pool.modality, pool.k, pool.index,
+                             {"duplicate_threshold": min(pool.duplicate_threshold, 1.0),
+                              "drop_same_caption": pool.drop_same_caption})
+    assert loaded is not None, "load_pool must accept the table and its metadata"
+    return np.load(path), loaded[1]
+
+
+def pool_cfg(kind: str = "flat", threshold: float = 1.0, captions: bool = False, modality: str = "vision",
+             k: int = 10) -> PoolConfig:
+    index = IndexConfig(kind=kind, nlist=16, nprobe=4, train_size=400, query_batch=64)
+    return PoolConfig(k=k, modality=modality, index=index, duplicate_threshold=threshold, drop_same_caption=captions)
+
+
+@pytest.mark.parametrize("modality", ["vision", "text"])
+def test_exact_search_equals_the_in_memory_pool(store, modality):
+    cfg = pool_cfg(modality=modality)
+    expected, meta = in_memory(store, cfg)
+    got, got_meta = out_of_core(store, cfg, chunk=97)  # 97 divides neither the shards nor N
+    assert np.array_equal(got, expected)
+    assert got_meta == meta
+
+
+def test_duplicate_filters_and_their_counts_equal_the_in_memory_pool(store):
+    cfg = pool_cfg(threshold=0.95, captions=True)
+    expected, meta = in_memory(store, cfg)
+    assert sum(meta["near_duplicate"]) > 0 and sum(meta["same_caption"]) > 0  # both filters dropped something
+    got, got_meta = out_of_core(store, cfg, chunk=50, parts=3)
+    assert np.array_equal(got, expected)
+    assert got_meta == meta
+
+
+def test_ivf_recall_against_exact_and_the_same_index_as_in_memory(store):
+    exact, _ = in_memory(store, pool_cfg())
+    cfg = pool_cfg(kind="ivf")
+    got, _ = out_of_core(store, cfg, chunk=97)
+    recall = np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(got.tolist(), exact.tolist())])
+    assert recall > 0.9, recall  # nprobe 4 of 16 lists on 12 overlapping clusters
+    assert np.array_equal(got, in_memory(store, cfg)[0])  # same training rows, same lists, same probes
+
+
+def test_three_parts_give_the_one_part_table_in_any_order(store):
+    cfg = pool_cfg(kind="ivfpq")
+    cfg.index.pq_m = 4
+    one, _ = out_of_core(store, cfg, chunk=64)
+    ooc.prepare(store, cfg, 64)
+    for part in (2, 0, 1):
+        ooc.search_part(part, 3, store, cfg, 64)
+    assert np.array_equal(np.load(ooc.finish(store, cfg, 3)), one)
+
+
+def test_finish_refuses_missing_parts_and_a_part_refuses_other_settings(store):
+    cfg = pool_cfg()
+    ooc.prepare(store, cfg, 64)
+    ooc.search_part(0, 2, store, cfg, 64)
+    with pytest.raises(ConfigError, match=r"part\(s\) \[1\] of 2"):
+        ooc.finish(store, cfg, 2)
+    with pytest.raises(ConfigError, match="prepared for"):
+        ooc.search_part(1, 2, store, pool_cfg(k=5), 64)
+    with pytest.raises(ConfigError, match="part"):
+        ooc.search_part(2, 2, store, cfg, 64)
+
+
+def test_parts_tile_the_rows():
+    for n, parts in ((10, 3), (640, 7), (5, 5)):
+        spans = [ooc.part_rows(p, parts, n) for p in range(parts)]
+        assert [i for s in spans for i in s] == list(range(n))
+
+
+def test_no_read_holds_more_than_a_chunk_and_no_n_by_d_array_is_allocated(tmp_path, monkeypatch):
+    n, d, chunk = 12_000, 64, 400
+    store = write_store(tmp_path / "big", shards=8, rows=1_500, d=d, captions=1)
+    reads: list[int] = []
+    read = ooc.PooledRows.__getitem__
+    monkeypatch.setattr(ooc.PooledRows, "__getitem__", lambda self, rows: reads.append(len(rows)) or read(self, rows))
+    cfg = pool_cfg(kind="ivf", k=20)
+    cfg.index.train_size = chunk
+    tracemalloc.start()
+    try:
+        path = ooc.build(store, cfg, chunk, parts=2)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    train_items = np.load(path, mmap_mode="r").shape[0]
+    assert train_items > 0.8 * n
+    assert max(reads) <= chunk and sum(reads) >= 2 * train_items  # every row added once and searched once
+    # numpy registers its buffers with tracemalloc (faiss's, the index, are not): one N x d float32 array is twice this
+    assert peak < train_items * d * 4 / 2, peak
