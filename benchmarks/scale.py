@@ -1,4 +1,4 @@
-"""Streaming at scale: peak memory and loader rate of `bacl.data.stream` on stores of 10^4 to 10^6 pairs.
+"""Streaming and the out-of-core pool at scale: peak memory and loader rate on stores of 10^4 to 10^6 pairs.
 
 Writes synthetic feature stores (small token dims, float16, 5,000 rows a shard) and streams a
 fixed number of batches from each at world sizes 1 and 2 (one spawned process per rank, each
@@ -6,6 +6,13 @@ reading its own shards), consuming each batch with a fixed synthetic step (a sma
 and backward on the batch's tokens). Records per run the largest rank's peak RSS, samples/s
 and how far the loader runs ahead of the step (its rows/s over the step's). Issue 15's bar:
 peak RSS at 10^6 at most 1.5x the peak at 10^4, at both world sizes; loader at least 3x ahead.
+
+The out-of-core pool (`bacl.data.pool_out_of_core`) is built in a fresh process on stores of
+10^4 and 10^6 items with 32-d clustered pooled embeddings: IVF-PQ (1,024 lists, 8 bytes a
+vector) trained on a 65,536-row sample, vectors added 50,000 at a time, then the k = 20 search
+as 10 parts run in turn (each what one SLURM array task would run; about a minute at 10^6).
+Records `pool_peak_rss_bytes` at both sizes, their ratio, the times and recall@20 of 256 anchors
+against exact search.
 
     python benchmarks/scale.py --quick --out FILE     # under 10 minutes on 2 cores
 """
@@ -23,27 +30,37 @@ import torch
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bacl.config import PoolConfig  # noqa: E402
+from bacl.data.pool import IndexConfig  # noqa: E402
+from bacl.data.pool_out_of_core import PooledRows, finish, prepare, search_part  # noqa: E402
 from bacl.data.store import FeatureStore, ShardArrays  # noqa: E402
 from bacl.data.stream import ShardIndex, ShardStream  # noqa: E402
 from benchmarks.common import device, write_result  # noqa: E402
 
 SHARD_ROWS = 5_000  # two shards at 10^4: one for each of two ranks
 LV, DV, LT, DT = 4, 8, 4, 8  # tokens x dims of items and captions: 128 B of features a pair in float16
+POOL_DIMS = (1, 32, 1, 1)  # the pool stores: one 32-d item token and pooled embedding, a 1-d caption
+POOL_INDEX = {"kind": "ivfpq", "nlist": 1024, "nprobe": 4, "pq_m": 8, "train_size": 65_536}
+POOL_K, POOL_CHUNK, POOL_PARTS, RECALL_ANCHORS = 20, 50_000, 10, 256
 
 
-def write_store(path: Path, n: int) -> FeatureStore:
-    """A store of n caption-item pairs (one caption per item), reused if already complete."""
+def write_store(path: Path, n: int, dims: tuple[int, int, int, int] = (LV, DV, LT, DT)) -> FeatureStore:
+    """A store of n caption-item pairs (one caption per item), reused if already complete; item embeddings
+    are 1,000 Gaussian clusters, so an IVF index has structure to find."""
+    lv, dv, lt, dt = dims
     store = FeatureStore(path)
     shards = [f"{s:05d}" for s in range(-(-n // SHARD_ROWS))]
-    store.init({"benchmark": "scale", "n": n, "dims": [LV, DV, LT, DT]}, ["frames"], shards)
+    store.init({"benchmark": "scale", "n": n, "dims": list(dims)}, ["frames"], shards)
     gen = np.random.default_rng(n)
+    centres = gen.standard_normal((1000, dv), np.float32)
     for s in store.missing_shards():
         start = int(s) * SHARD_ROWS
         rows = min(SHARD_ROWS, n - start)
+        pooled = centres[gen.integers(0, len(centres), rows)] + 0.5 * gen.standard_normal((rows, dv), np.float32)
         store.write_shard(s, ShardArrays(
             keys=[str(start + i) for i in range(rows)], splits=["train"] * rows, skipped=[],
-            streams={"frames": (gen.standard_normal((rows, LV, DV), np.float32), gen.standard_normal((rows, DV), np.float32))},
-            text_tokens=gen.standard_normal((rows, LT, DT), np.float32), text_pooled=gen.standard_normal((rows, DT), np.float32),
+            streams={"frames": (gen.standard_normal((rows, lv, dv), np.float32), pooled)},
+            text_tokens=gen.standard_normal((rows, lt, dt), np.float32), text_pooled=gen.standard_normal((rows, dt), np.float32),
             text_item=np.arange(rows)))
     return store
 
@@ -70,6 +87,41 @@ def worker(rank: int, world: int, path: str, batches: int, batch_size: int, buff
             load_s, step_s, rows = load_s + t1 - t0, step_s + time.perf_counter() - t1, rows + batch.ids.numel()
     out.put({"rank": rank, "rows": rows, "wall_s": time.perf_counter() - start, "load_s": load_s, "step_s": step_s,
              "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
+
+
+def pool_worker(path: str, out: mp.Queue) -> None:
+    """Prepare the out-of-core pool and search its POOL_PARTS parts in turn; then recall on a sample of anchors."""
+    torch.set_num_threads(1)
+    store = FeatureStore(path)
+    cfg = PoolConfig(k=POOL_K, index=IndexConfig(**POOL_INDEX), duplicate_threshold=1.0, drop_same_caption=False)
+    t0 = time.perf_counter()
+    files = prepare(store, cfg, POOL_CHUNK)
+    t1 = time.perf_counter()
+    for part in range(POOL_PARTS):
+        search_part(part, POOL_PARTS, store, cfg, POOL_CHUNK)
+    index_bytes = files.index.stat().st_size
+    table = finish(store, cfg, POOL_PARTS)
+    t2 = time.perf_counter()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rows = PooledRows(store, "train", "vision", POOL_CHUNK)
+    n = rows.shape[0]
+    anchors = np.linspace(0, n - 1, RECALL_ANCHORS).astype(np.int64)
+    _, exact = rows.knn(rows[anchors], POOL_K + 1)
+    found = np.load(table, mmap_mode="r")[anchors]
+    truth = [[i for i in e if i != a][:POOL_K] for e, a in zip(exact.tolist(), anchors)]
+    recall = np.mean([len(set(f) & set(t)) / POOL_K for f, t in zip(found.tolist(), truth)])
+    out.put({"n": n, "pool_peak_rss_bytes": peak, "prepare_s": t1 - t0, "search_s": t2 - t1,
+             "parts": POOL_PARTS, "index_bytes": index_bytes, f"recall_at_{POOL_K}": float(recall)})
+
+
+def pool_run(path: Path) -> dict:
+    ctx = mp.get_context("spawn")  # a fresh process: its peak RSS is the pool build's alone
+    queue = ctx.Queue()
+    proc = ctx.Process(target=pool_worker, args=(str(path), queue))
+    proc.start()
+    record = queue.get()
+    proc.join()
+    return {**record, "index": POOL_INDEX, "k": POOL_K, "chunk": POOL_CHUNK, "dim": POOL_DIMS[1]}
 
 
 def run(path: Path, n: int, world: int, batches: int, batch_size: int, buffer: int) -> dict:
@@ -107,13 +159,23 @@ def main(argv: list[str] | None = None) -> int:
             r = runs[-1]
             print(f"n={n:>9,} world={world} peak RSS {r['peak_rss_bytes'] / 2**20:7.1f} MiB  "
                   f"{r['samples_per_s']:9,.0f} samples/s  loader {r['loader_ahead_ratio']:5.1f}x ahead", flush=True)
+    pool_runs = []
+    for n in (sizes[0], sizes[-1]):
+        write_store(args.dir / f"pool-n{n}", n, POOL_DIMS)
+        pool_runs.append(pool_run(args.dir / f"pool-n{n}"))
+        r = pool_runs[-1]
+        print(f"pool n={n:>9,} peak RSS {r['pool_peak_rss_bytes'] / 2**20:7.1f} MiB  prepare {r['prepare_s']:.1f} s  "
+              f"search {r['search_s']:.1f} s  recall@{POOL_K} {r[f'recall_at_{POOL_K}']:.3f}",
+              flush=True)
     peak = {(r["n"], r["world_size"]): r["peak_rss_bytes"] for r in runs}
     verdict = {f"rss_ratio_world{w}": peak[(sizes[-1], w)] / peak[(sizes[0], w)] for w in (1, 2)}
     verdict["min_loader_ahead_ratio"] = min(r["loader_ahead_ratio"] for r in runs)
-    verdict["met"] = all(verdict[f"rss_ratio_world{w}"] <= 1.5 for w in (1, 2)) and verdict["min_loader_ahead_ratio"] >= 3
+    verdict["pool_rss_ratio"] = pool_runs[-1]["pool_peak_rss_bytes"] / pool_runs[0]["pool_peak_rss_bytes"]
+    verdict["met"] = (all(verdict[f"rss_ratio_world{w}"] <= 1.5 for w in (1, 2)) and verdict["min_loader_ahead_ratio"] >= 3
+                      and verdict["pool_rss_ratio"] <= 1.5)
     payload = {"device": device(), "quick": args.quick, "stores": {str(k): v for k, v in written.items()},
                "feature_dims": {"item_tokens": LV, "item_dim": DV, "caption_tokens": LT, "caption_dim": DT},
-               "shard_rows": SHARD_ROWS, "runs": runs, "must_show": verdict}
+               "shard_rows": SHARD_ROWS, "runs": runs, "pool_runs": pool_runs, "must_show": verdict}
     path = write_result("scale" + ("-quick" if args.quick else ""), payload, args.out)
     print(json.dumps(verdict), f"-> {path}")
     return 0

@@ -146,3 +146,20 @@ def test_no_read_holds_more_than_a_chunk_and_no_n_by_d_array_is_allocated(tmp_pa
     assert max(reads) <= chunk and sum(reads) >= 2 * train_items  # every row added once and searched once
     # numpy registers its buffers with tracemalloc (faiss's, the index, are not): one N x d float32 array is twice this
     assert peak < train_items * d * 4 / 2, peak
+
+
+def test_the_cli_steps_build_the_same_table_as_one_process(store, monkeypatch, capsys):
+    from bacl.cli import pool as cli
+
+    overrides = ["pool.k=10", "pool.index.kind=flat", "pool.duplicate_threshold=0.95", "pool.drop_same_caption=true"]
+    monkeypatch.setattr(cli, "open_store", lambda cfg: (StoreDataset, store, []))
+    expected, meta = in_memory(store, pool_cfg(threshold=0.95, captions=True))
+    assert cli.main(["prepare", "--chunk", "100", *overrides]) == 0
+    for part in (1, 0):
+        monkeypatch.setenv("SLURM_ARRAY_TASK_ID", str(part))
+        assert cli.main(["part", "--parts", "2", "--chunk", "100", *overrides]) == 0
+    assert cli.main(["finish", "--parts", "2", *overrides]) == 0
+    assert np.array_equal(np.load(store.pool_path("train", "vision")), expected)
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
+    assert cli.main(["part", "--parts", "2", *overrides]) == 2
+    assert "SLURM_ARRAY_TASK_ID" in capsys.readouterr().err
