@@ -24,6 +24,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from queue import Empty
 
 import numpy as np
 import torch
@@ -114,12 +115,25 @@ def pool_worker(path: str, out: mp.Queue) -> None:
              "parts": POOL_PARTS, "index_bytes": index_bytes, f"recall_at_{POOL_K}": float(recall)})
 
 
+def collect(queue, procs: list, count: int) -> list[dict]:
+    """`count` records from worker processes; raises as soon as a worker has died without sending its own."""
+    records: list[dict] = []
+    while len(records) < count:
+        try:
+            records.append(queue.get(timeout=1.0))
+        except Empty:
+            dead = [p for p in procs if not p.is_alive() and p.exitcode != 0]
+            if dead:
+                raise RuntimeError(f"benchmark worker(s) died: exit codes {[p.exitcode for p in dead]}") from None
+    return records
+
+
 def pool_run(path: Path) -> dict:
     ctx = mp.get_context("spawn")  # a fresh process: its peak RSS is the pool build's alone
     queue = ctx.Queue()
     proc = ctx.Process(target=pool_worker, args=(str(path), queue))
     proc.start()
-    record = queue.get()
+    (record,) = collect(queue, [proc], 1)
     proc.join()
     return {**record, "index": POOL_INDEX, "k": POOL_K, "chunk": POOL_CHUNK, "dim": POOL_DIMS[1]}
 
@@ -130,7 +144,7 @@ def run(path: Path, n: int, world: int, batches: int, batch_size: int, buffer: i
     procs = [ctx.Process(target=worker, args=(r, world, str(path), batches, batch_size, buffer, queue)) for r in range(world)]
     for p in procs:
         p.start()
-    ranks = [queue.get() for _ in procs]
+    ranks = collect(queue, procs, len(procs))
     for p in procs:
         p.join()
     rows = sum(r["rows"] for r in ranks)

@@ -54,3 +54,16 @@ def test_summary_states_every_target():
     assert math.isclose(sum(r["increment_s"] for r in rows.values()), rows["bacl"]["total_s"])
     assert result["loading"]["vs_consumption"]["in_memory_batch"] == pytest.approx(
         result["loading"]["delivered_per_s"]["in_memory_batch"] / 100.0)
+
+
+def test_the_scale_benchmark_stops_when_a_worker_dies_instead_of_waiting_forever():
+    import multiprocessing
+
+    from benchmarks.scale import collect
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    worker = ctx.Process(target=sys.exit, args=(3,))  # dies without sending its record
+    worker.start()
+    with pytest.raises(RuntimeError, match=r"died: exit codes \[3\]"):
+        collect(queue, [worker], 1)
+    worker.join()
