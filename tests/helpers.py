@@ -12,7 +12,7 @@ TINY = [
     "dataset.n_train=72", "dataset.n_test=36", "dataset.seed=3",
     "model.width=32", "model.heads=2", "model.layers=2",
     "train.batch_size=12", "train.epochs=2", "train.checkpoint_every=2", "train.threads=1",
-    "pool.k=6",
+    "pool.k=6", "eval.every_epochs=1",
 ]
 
 
