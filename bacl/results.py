@@ -22,9 +22,12 @@ import os
 import platform
 import socket
 import subprocess
+import signal
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -67,22 +70,55 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# Signals whose handlers may leave the process (submitit's USR2/TERM requeue handlers call sys.exit).
+DEFERRED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2") if hasattr(signal, name))
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Run the block with DEFERRED_SIGNALS recorded, then hand them to the handlers they had, in order.
+
+    submitit's pre-timeout handler requeues the job and exits from inside the handler. Arriving
+    in the middle of torch.save, its SystemExit was replaced by the zip writer's own error, so
+    a requeue became a failed job. Python runs handlers in the main thread only, so elsewhere
+    (and for signals without a Python handler) nothing is changed.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: h for s in DEFERRED_SIGNALS if (h := signal.getsignal(s)) is not None}
+    pending: list[int] = []
+    for s in previous:
+        signal.signal(s, lambda sig, frame: pending.append(sig))
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in pending:
+            signal.raise_signal(s)
+
+
 def _atomic(path: Path, write: Callable[[Any], None], mode: str) -> None:
-    """`write(f)` to a temporary file opened with `mode`, then fsync, chmod, rename over `path`, fsync the directory."""
+    """`write(f)` to a temporary file opened with `mode`, then fsync, chmod, rename over `path`, fsync the directory.
+
+    Signals are handled after the rename (`signals_deferred`), so an interruption never cuts a write short.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.", suffix=TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    with signals_deferred():
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.", suffix=TMP_SUFFIX)
+        try:
+            with os.fdopen(fd, mode) as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~umask())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -26,7 +26,7 @@ import bacl.trainer as trainer_module
 from bacl.config import load_config, run_id
 from bacl.errors import ConfigError
 from bacl.launch import TrainJob
-from bacl.results import LOCK, RunLock, lock_holder
+from bacl.results import LOCK, RunLock, lock_holder, save_checkpoint
 from bacl.trainer import Trainer
 from helpers import REPO, TINY, load_cli
 
@@ -268,6 +268,43 @@ def test_a_diverging_run_keeps_a_finite_checkpoint(tmp_path, monkeypatch):
     assert result["status"] == "failed" and "non-finite" in result["error"]
     kept = torch.load(trainer.run_dir / "last.pt", weights_only=False)
     assert all_finite(kept) and kept["step"] == result["checkpoint_step"] == 2 < result["step"]
+
+
+def test_a_requeue_signal_during_a_checkpoint_write_is_handled_after_the_write(tmp_path, monkeypatch):
+    """submitit's pre-timeout USR2 handler requeues and exits from inside the handler. Arriving in the
+    middle of torch.save it left a torn zip whose error hid the exit: the requeue became a failed job."""
+    def requeue_and_exit(sig, frame):
+        raise SystemExit(-1)
+
+    real_save = torch.save
+
+    class SignalAtFirstWrite:  # the file torch.save writes to: USR2 arrives once bytes start going out
+        def __init__(self, f):
+            self.f, self.sent = f, False
+
+        def write(self, data):
+            if not self.sent:
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGUSR2)
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    def save_interrupted_halfway(obj, f):
+        real_save(obj, SignalAtFirstWrite(f))
+
+    previous = signal.signal(signal.SIGUSR2, requeue_and_exit)
+    try:
+        monkeypatch.setattr(torch, "save", save_interrupted_halfway)
+        with pytest.raises(SystemExit):
+            save_checkpoint(tmp_path / "last.pt", {"step": 7})
+        monkeypatch.undo()
+        assert signal.getsignal(signal.SIGUSR2) is requeue_and_exit  # restored after the write
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert torch.load(tmp_path / "last.pt") == {"step": 7}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # written whole, no temporary file left
 
 
 # ---- one writer per run directory ------------------------------------------------------------
