@@ -20,9 +20,9 @@ import importlib.metadata
 import json
 import os
 import platform
+import signal
 import socket
 import subprocess
-import signal
 import tempfile
 import threading
 import time
