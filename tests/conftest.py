@@ -3,6 +3,7 @@ import shutil
 import subprocess
 
 import pytest
+import torch
 
 import bacl.sweep as sweep
 from bacl.config import load_config
@@ -73,3 +74,12 @@ def conf(tmp_path, monkeypatch):
     def write(name: str, text: str) -> None:
         (root / "ablation" / f"{name}.yaml").write_text(text)
     return write
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: HNSW builds (and so the pools compared) are deterministic only there."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -22,13 +22,7 @@ from bacl.errors import ConfigError
 N = 400
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Several tests compare two HNSW builds, which are deterministic only on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _random(n: int = N, d: int = 16, seed: int = 0) -> torch.Tensor:

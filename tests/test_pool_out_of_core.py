@@ -4,7 +4,6 @@ import tracemalloc
 
 import numpy as np
 import pytest
-import torch
 
 from bacl.config import PoolConfig
 from bacl.data import pool_out_of_core as ooc
@@ -16,12 +15,7 @@ from bacl.errors import ConfigError
 SHARDS, ROWS, D = 5, 150, 16  # 5 x 150 items, every 7th a test item: 640 train items
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def write_store(path, shards: int = SHARDS, rows: int = ROWS, d: int = D, captions: int = 2) -> FeatureStore:
