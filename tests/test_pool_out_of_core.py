@@ -157,3 +157,36 @@ def test_the_cli_steps_build_the_same_table_as_one_process(store, monkeypatch, c
     monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
     assert cli.main(["part", "--parts", "2", *overrides]) == 2
     assert "SLURM_ARRAY_TASK_ID" in capsys.readouterr().err
+
+
+def test_a_memory_mapped_pool_reads_only_the_rows_asked_for(tmp_path):
+    import pickle
+
+    import torch
+
+    from bacl.data.store import PoolTable
+
+    n, stored_k, k = 200_000, 20, 12  # 32 MB as stored (int64)
+    store = FeatureStore(tmp_path / "store")
+    table = np.random.default_rng(0).integers(0, n, (n, stored_k))
+    sig = {"duplicate_threshold": 1.0, "drop_same_caption": False}
+    store.save_pool("train", "vision", table, IndexConfig(), sig)
+    items = torch.tensor([5, n - 1, 0, 5, 123_456])  # unsorted, repeated
+    tracemalloc.start()
+    try:
+        mapped, meta = store.load_pool("train", "vision", k, IndexConfig(), sig, mmap=True)
+        got = mapped[items]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024, peak  # the rows asked for, not the 32 MB table (numpy's buffers are traced)
+    in_memory, meta_in_memory = store.load_pool("train", "vision", k, IndexConfig(), sig)
+    assert isinstance(mapped, PoolTable) and isinstance(in_memory, torch.Tensor) and meta == meta_in_memory
+    assert got.dtype == torch.int64 and torch.equal(got, in_memory[items])
+    assert torch.equal(got, torch.from_numpy(table[items.numpy(), :k]))
+    assert mapped.shape == in_memory.shape == (n, k) and len(mapped) == n
+    assert torch.equal(mapped[items.view(1, -1)], in_memory[items.view(1, -1)])  # any batch shape, as a tensor
+    assert mapped.to(torch.device("cpu")) is mapped  # what the trainer's pool.to(device) does on a CPU run
+    again = pickle.loads(pickle.dumps(mapped))
+    assert len(pickle.dumps(mapped)) < 1024 and torch.equal(again[items], got)  # its path, not its rows
+    assert store.load_pool("train", "vision", stored_k + 1, IndexConfig(), sig, mmap=True) is None

@@ -246,10 +246,11 @@ class FeatureStore:
         write_json(path.with_suffix(".json"), {"k": int(pool.shape[1]), "index": index_signature(index),
                                                "duplicates": duplicates})
 
-    def load_pool(self, split: str, modality: str, k: int, index: Any, duplicates: dict
-                  ) -> tuple[torch.Tensor, dict] | None:
+    def load_pool(self, split: str, modality: str, k: int, index: Any, duplicates: dict, mmap: bool = False
+                  ) -> tuple[torch.Tensor | PoolTable, dict] | None:
         """(the stored pool cut to k, its duplicate metadata) if it was built with the same index and
-        duplicate filter (`duplicates` holds the filter signature) and at least k neighbours."""
+        duplicate filter (`duplicates` holds the filter signature) and at least k neighbours. `mmap`: the
+        pool as a `PoolTable` that reads only the rows asked for (64 GB at 400 M x 20 would not fit a rank)."""
         path = self.pool_path(split, modality)
         meta = read_json(path.with_suffix(".json"))
         if meta is None or meta["index"] != index_signature(index) or meta["k"] < k:
@@ -257,6 +258,8 @@ class FeatureStore:
         stored = meta.get("duplicates") or {}
         if any(stored.get(key) != value for key, value in duplicates.items()):
             return None
+        if mmap:
+            return PoolTable(path, k), stored
         return torch.from_numpy(np.load(path)[:, :k]).long(), stored
 
     # ---- test items excluded as duplicates of training items ---------------------------------------
@@ -270,6 +273,41 @@ class FeatureStore:
     def load_dedup(self, signature: dict) -> dict | None:
         record = read_json(self.dedup_path(signature))
         return record if record is not None and record.get("signature") == signature else None
+
+
+class PoolTable:
+    """A stored [N, K] pool, memory-mapped and cut to its first k columns, indexed like the [N, k] tensor it
+    stands for: `table[items]` reads only those rows (a batch's), so no rank holds the N-row table."""
+
+    def __init__(self, path: Path | str, k: int, device: torch.device | str = "cpu"):
+        self.path, self.k, self.device = Path(path), int(k), torch.device(device)
+        self._table = np.load(self.path, mmap_mode="r")
+        if self._table.ndim != 2 or not 0 < self.k <= self._table.shape[1]:
+            raise ValueError(f"{self.path}: a pool of shape {self._table.shape} has no first {self.k} columns")
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self._table.shape[0], self.k))
+
+    def __len__(self) -> int:
+        return self._table.shape[0]
+
+    def __getitem__(self, items: torch.Tensor | np.ndarray | int) -> torch.Tensor:
+        """int64 [*items.shape, k] candidates of `items` (anchor rows, on any device), on this table's device."""
+        rows = torch.as_tensor(items).cpu().numpy()
+        found = np.ascontiguousarray(self._table[rows, :self.k], dtype=np.int64)  # a copy of those rows only
+        return torch.from_numpy(found).to(self.device)
+
+    def to(self, device: torch.device | str) -> PoolTable:
+        """The same table answering on `device` (the rows stay on disk): what `pool.to(device)` does to a tensor."""
+        return self if torch.device(device) == self.device else PoolTable(self.path, self.k, device)
+
+    def __getstate__(self) -> dict:
+        """Pickled (DataLoader workers, spawn) as its path: pickling the memory map would copy the whole table."""
+        return {"path": self.path, "k": self.k, "device": str(self.device)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], state["k"], state["device"])
 
 
 def split_keep(meta: dict, split: str, exclude: Collection[str]) -> np.ndarray:
