@@ -8,10 +8,17 @@ requeue leaves the process by SystemExit, which the trainer records as `interrup
 lets through; submitit keeps its own SIGTERM and USR2 handlers (the trainer installs one
 only where SIGTERM has none). The old process's run lock dies with it, so the requeued job
 takes it again; a job whose run another process holds returns `running` without training.
+
+A job of several tasks (nodes x tasks_per_node) is one data-parallel run: before the trainer
+calls `bacl.distributed.init_from_env`, every task exports RANK, LOCAL_RANK, WORLD_SIZE,
+LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT from submitit's JobEnvironment
+(`export_dist_env`). Only rank 0 checkpoints and requeues on USR2 (submitit's handler); the
+requeue kills the other tasks, and every task of the new allocation resumes from last.pt.
 """
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +28,7 @@ import torch
 from omegaconf import DictConfig
 
 from bacl.config import load_config
-from bacl.profiles import ClusterProfile
+from bacl.profiles import ClusterProfile, tasks_per_node
 from bacl.schema import load_structured
 from bacl.trainer import Trainer
 
@@ -30,12 +37,43 @@ class TrainJob(submitit.helpers.Checkpointable):
     def __call__(self, overrides: Sequence[str], threads: int = 0) -> dict:
         if threads:
             torch.set_num_threads(threads)
-        if submitit.JobEnvironment().num_tasks > 1:  # one task per GPU: join the process group
-            submitit.helpers.TorchDistributedEnvironment().export()
+        export_dist_env()
         trainer = Trainer(load_config(list(overrides)))
         result = trainer.run()
         return {"run_id": trainer.run_id, "status": result["status"], "error": result.get("error"),
                 "holder": result.get("holder")}
+
+
+def _resolvable(host: str) -> bool:
+    try:
+        socket.getaddrinfo(host, None)
+        return True
+    except OSError:
+        return False
+
+
+def export_dist_env() -> dict[str, str]:
+    """In a job of several tasks, export what `init_from_env` reads (torch's env:// variables) and
+    return it; in a one-task job (or debug, which runs in this process) change nothing and return {}.
+
+    submitit's TorchDistributedEnvironment gives the ranks and a port drawn from the job id (the
+    same after a requeue; MASTER_PORT set at submission wins). Two things differ from its defaults:
+    - CUDA_VISIBLE_DEVICES is left alone: init_from_env selects GPU LOCAL_RANK among the node's
+      GPUs, which would not exist if each task saw only one (and SLURM's ids need not start at 0).
+    - Values inherited from the submitting shell (a sweep started inside another job) are replaced.
+    MASTER_ADDR is the first node of the allocation, where rank 0 runs; when that node name does not
+    resolve (NodeName differs from the host name, as on slurm/local with several slurmd), the address
+    SLURM launched the tasks from (SLURM_LAUNCH_NODE_IPADDR, the batch host = the first node) is used.
+    """
+    job = submitit.JobEnvironment()
+    if job.num_tasks <= 1:
+        return {}
+    env = submitit.helpers.TorchDistributedEnvironment()
+    if not _resolvable(env.master_addr) and os.environ.get("SLURM_LAUNCH_NODE_IPADDR"):
+        env.master_addr = os.environ["SLURM_LAUNCH_NODE_IPADDR"]
+    env.export(set_cuda_visible_devices=False, overwrite=True)
+    keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    return {k: os.environ[k] for k in keys}
 
 
 def validate_profile(profile: DictConfig, path: str) -> DictConfig:
@@ -44,19 +82,23 @@ def validate_profile(profile: DictConfig, path: str) -> DictConfig:
 
 
 def job_resources(profile: DictConfig) -> dict:
-    """What one run's job asks for: one task per GPU on every node (one task on a CPU profile)."""
+    """What one run's job asks submitit for: `nodes` x `tasks_per_node` tasks, one per GPU on a GPU
+    profile (ClusterProfile.check refuses any other count there), the profile's count on a CPU one."""
     return dict(timeout_min=profile.timeout_min, cpus_per_task=profile.cpus_per_task, mem_gb=profile.mem_gb,
-                nodes=profile.nodes, gpus_per_node=profile.gpus_per_node, tasks_per_node=max(1, profile.gpus_per_node))
+                nodes=profile.nodes, gpus_per_node=profile.gpus_per_node, tasks_per_node=tasks_per_node(profile))
 
 
 def describe_request(profile: DictConfig) -> str:
-    """The per-job and per-task request of `job_resources`, as --dry-run prints it."""
+    """The per-run, per-task and per-node request of `job_resources`, as --dry-run prints it, so that
+    a multi-node request can be checked against the cluster's nodes before anything is queued."""
     r = job_resources(profile)
     tasks = r["nodes"] * r["tasks_per_node"]
     gpus = "1 GPU" if r["gpus_per_node"] else "no GPU"
+    per_node = f"{r['gpus_per_node']} GPU(s), " if r["gpus_per_node"] else ""
     return (f"each run: {r['nodes']} node(s) x {r['tasks_per_node']} task(s) = {tasks} task(s) (world size {tasks}, "
             f"{'nccl' if r['gpus_per_node'] else 'gloo'}); per task: {gpus}, {r['cpus_per_task']} CPU(s); "
-            f"per node: {r['mem_gb']:g} GB memory; time limit {r['timeout_min']} min")
+            f"per node: {per_node}{r['tasks_per_node'] * r['cpus_per_task']} CPU(s), {r['mem_gb']:g} GB memory; "
+            f"time limit {r['timeout_min']} min")
 
 
 def make_executor(profile: DictConfig, folder: Path, name: str) -> submitit.Executor:

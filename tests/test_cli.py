@@ -160,3 +160,36 @@ def test_a_non_editable_install_runs_from_another_directory(tmp_path):
     helped = subprocess.run([str(env_dir / "bin" / "bacl-train"), "--help"], cwd=cwd, env=env,
                             capture_output=True, text=True, timeout=120)
     assert helped.returncode == 0 and all(name in helped.stdout for name in METHODS.names())
+
+
+def test_a_multi_node_dry_run_prints_what_sbatch_gets_and_bad_task_layouts_name_their_key(tmp_path, capsys):
+    """The per-task request that --dry-run prints is the one in submitit's sbatch script, for a 2-node
+    GPU profile (one task per GPU) and a 2-node CPU profile (tasks_per_node tasks, gloo); layouts that
+    cannot work stop the sweep with exit code 2 and the key to change."""
+    gpu = ["ablation=main", "cluster=slurm-gpu", "cluster.nodes=2", "cluster.gpus_per_node=4", f"output_dir={tmp_path}"]
+    assert sweep([*gpu, "--dry-run"]) == 0
+    assert ("per task: 1 GPU, 8 CPU(s); per node: 4 GPU(s), 32 CPU(s), 64 GB memory; time limit 720 min"
+            in capsys.readouterr().out)
+    cpu = ["ablation=schedule", "cluster=slurm", "cluster.nodes=2", "cluster.tasks_per_node=2", f"output_dir={tmp_path}"]
+    assert sweep([*cpu, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "tasks_per_node=2" in out
+    assert ("each run: 2 node(s) x 2 task(s) = 4 task(s) (world size 4, gloo); per task: no GPU, 1 CPU(s); "
+            "per node: 2 CPU(s), 4 GB memory; time limit 60 min") in out
+    for name, overrides, flags in [("slurm-gpu", ("nodes=2", "gpus_per_node=4"), ["--gpus-per-node=4", "--ntasks-per-node=4"]),
+                                   ("slurm", ("nodes=2", "tasks_per_node=2"), ["--ntasks-per-node=2"])]:
+        executor = make_executor(load_group_file("cluster", name, overrides), tmp_path / name, "x")._executor
+        sbatch = executor._make_submission_file_text("true", "uid")
+        profile = load_group_file("cluster", name, overrides)
+        for flag in ["--nodes=2", *flags, f"--cpus-per-task={profile.cpus_per_task}",
+                     f"--mem={profile.mem_gb:g}GB", f"--time={profile.timeout_min}"]:
+            assert f"#SBATCH {flag}\n" in sbatch, (flag, sbatch)
+        assert bool(re.search(r"--gpus-per-node=[1-9]", sbatch)) == (name == "slurm-gpu")  # a CPU job asks for none
+    bad = [(["cluster=slurm-gpu", "cluster.gpus_per_node=4", "cluster.tasks_per_node=2"],
+            "tasks_per_node=2 with gpus_per_node=4"),
+           (["cluster=slurm", "cluster.tasks_per_node=0"], "tasks_per_node=0 is out of range"),
+           (["cluster=local", "cluster.nodes=2"], "nodes=2 with executor=local"),
+           (["cluster=debug", "cluster.tasks_per_node=2"], "tasks_per_node=2 with executor=debug")]
+    for args, message in bad:
+        assert sweep(["ablation=schedule", *args, f"output_dir={tmp_path}", "--dry-run"]) == 2, args
+        assert message in capsys.readouterr().err, args

@@ -37,7 +37,8 @@ from bacl.sweep_state import State, SweepJobs
 
 FLAGS = ("--dry-run", "--status", "--rerun-stale", "--cfg")
 GROUPS = ("ablation", "cluster", "method", "dataset")
-RESOURCES = ("executor", "partition", "nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min")  # --dry-run shows
+RESOURCES = ("executor", "partition", "nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb",  # --dry-run shows
+             "timeout_min")
 
 
 def select(cmd: Command) -> tuple[str, str, list[str], list[Run], Path]:
