@@ -190,3 +190,80 @@ def test_a_memory_mapped_pool_reads_only_the_rows_asked_for(tmp_path):
     again = pickle.loads(pickle.dumps(mapped))
     assert len(pickle.dumps(mapped)) < 1024 and torch.equal(again[items], got)  # its path, not its rows
     assert store.load_pool("train", "vision", stored_k + 1, IndexConfig(), sig, mmap=True) is None
+
+
+def reference_dedup(store: FeatureStore, threshold: float, same_caption: bool, index: IndexConfig) -> dict:
+    """The in-memory implementation the chunked one replaced: both splits whole, a dict of caption hashes."""
+    from bacl.data.dedup import dedup_signature
+    from bacl.data.pool import build_index, neighbours, normalised
+
+    train_keys, test_keys = store.keys("train"), store.keys("test")
+    caption_partner = np.full(len(test_keys), -1, dtype=np.int64)
+    if same_caption:
+        first_item: dict[int, int] = {}
+        for h, i in zip(*(a.tolist() for a in store.caption_hashes("train"))):
+            first_item.setdefault(h, i)
+        for h, i in zip(*(a.tolist() for a in store.caption_hashes("test"))):
+            if caption_partner[i] < 0 and h in first_item:
+                caption_partner[i] = first_item[h]
+    cosine = np.full(len(test_keys), np.nan, dtype=np.float32)
+    embed_partner = np.full(len(test_keys), -1, dtype=np.int64)
+    if threshold < 1.0:
+        x, q = normalised(store.item_pooled("train")), normalised(store.item_pooled("test"))
+        scores, found = neighbours(build_index(x, index), x, q, 1)
+        cosine, embed_partner = scores[:, 0], found[:, 0]
+    near, same = cosine > threshold, caption_partner >= 0
+    excluded = [{"key": test_keys[i], "train_key": train_keys[caption_partner[i] if same[i] else embed_partner[i]],
+                 "same_caption": bool(same[i]), "near_duplicate": bool(near[i]),
+                 "cosine": None if np.isnan(cosine[i]) else round(float(cosine[i]), 6)}
+                for i in np.flatnonzero(near | same)]
+    return {"signature": dedup_signature(threshold, same_caption), "excluded": excluded,
+            "counts": {"test_items_extracted": len(test_keys), "test_removed": len(excluded),
+                       "test_removed_same_caption": int(same.sum()), "test_removed_near_duplicate": int(near.sum())}}
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq"])
+def test_chunked_test_dedup_equals_the_in_memory_one(store, kind):
+    from bacl.data.dedup import find_test_duplicates
+
+    index = pool_cfg(kind=kind).index
+    index.pq_m = 4
+    for threshold, captions in ((0.9, True), (0.9, False), (1.0, True)):
+        expected = reference_dedup(store, threshold, captions, index)
+        got = find_test_duplicates(store, threshold, captions, index, chunk=97)
+        assert got.pop("index") == {k: v for k, v in vars(index).items() if k not in ("query_batch", "gpu")}
+        assert got == expected, (kind, threshold, captions)
+        c = expected["counts"]
+        if threshold < 1.0 and captions:  # both tests found some, and not everything
+            assert 0 < c["test_removed_same_caption"] < c["test_removed"] < c["test_items_extracted"]
+
+
+def test_dedup_reuses_the_prepared_pool_index(store):
+    from bacl.data.dedup import find_test_duplicates
+
+    cfg = pool_cfg(kind="ivf")
+    files = ooc.prepare(store, cfg, 64)
+    got = find_test_duplicates(store, 0.9, False, cfg.index, chunk=64, searcher=ooc.read_index(files, cfg.index))
+    assert got == find_test_duplicates(store, 0.9, False, cfg.index, chunk=64)
+    assert got["counts"]["test_removed_near_duplicate"] > 0
+
+
+def test_dedup_reads_a_chunk_of_training_rows_at_a_time(tmp_path, monkeypatch):
+    from bacl.data.dedup import find_test_duplicates
+
+    d, chunk = 64, 400
+    store = write_store(tmp_path / "big", shards=8, rows=1_500, d=d, captions=1)
+    reads: list[int] = []
+    read = ooc.PooledRows.__getitem__
+    monkeypatch.setattr(ooc.PooledRows, "__getitem__", lambda self, rows: reads.append(len(rows)) or read(self, rows))
+    tracemalloc.start()
+    try:
+        got = find_test_duplicates(store, 0.9, True, IndexConfig(), chunk=chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    train_items = sum(reads)
+    assert max(reads) <= chunk and train_items > 0.8 * 12_000  # every training row read once, a chunk at a time
+    assert got["counts"]["test_removed"] > 0
+    # the in-memory version held the training split twice (float32, then normalised): one copy is this
+    assert peak < train_items * d * 4, peak

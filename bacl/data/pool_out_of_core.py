@@ -157,19 +157,32 @@ def _check_plan(files: PoolFiles, rows: PooledRows, pool: Any) -> None:
         raise ConfigError(f"{files.dir} was prepared for {stored}, not {_plan(rows, pool)}; prepare it again")
 
 
+def chunked_index(rows: PooledRows, cfg: Any) -> faiss.Index:
+    """`build_index` over `rows` without holding them: trained on the same sample, filled a chunk at a time
+    (the same index for flat, IVF and IVF-PQ; HNSW inserts each add call's nodes by level, so its graph differs)."""
+    n, d = rows.shape
+    index = empty_index(cfg, n, d)
+    if not index.is_trained:
+        sample = training_rows(n, cfg)
+        index.train(rows[np.arange(n) if sample is None else sample])
+    for _, block in rows.chunks():
+        index.add(block)
+    return index
+
+
+def read_index(files: PoolFiles, cfg: Any) -> faiss.Index:
+    """The index `prepare` wrote, on the devices `cfg.gpu` allows."""
+    return to_device(faiss.read_index(str(files.index)), cfg)
+
+
 @torch_threads
 def prepare(store: FeatureStore, pool: Any, chunk: int, split: str = "train") -> PoolFiles:
     """Train the index on its sample, add the split's vectors a chunk at a time, write it and the empty table."""
     rows = PooledRows(store, split, pool.modality, chunk)
-    n, d = rows.shape
+    n = rows.shape[0]
     if not 0 < pool.k < n:
         raise ConfigError(f"pool.k={pool.k} is out of range: the split has {n} items, so k must be in [1, {n - 1}]")
-    index = empty_index(pool.index, n, d)
-    if not index.is_trained:
-        sample = training_rows(n, pool.index)
-        index.train(rows[np.arange(n) if sample is None else sample])
-    for _, block in rows.chunks():
-        index.add(block)
+    index = chunked_index(rows, pool.index)
     files = PoolFiles(store, split, pool.modality)
     shutil.rmtree(files.dir, ignore_errors=True)
     files.dir.mkdir(parents=True)
@@ -205,7 +218,7 @@ def search_part(part: int, parts: int, store: FeatureStore, pool: Any, chunk: in
     _check_plan(files, rows, pool)
     n, k = rows.shape[0], int(pool.k)
     span = part_rows(part, parts, n)
-    searcher = to_device(faiss.read_index(str(files.index)), pool.index)
+    searcher = read_index(files, pool.index)
     captions = _captions(store, pool, split, n)
     filtered = pool.duplicate_threshold < 1.0 or captions is not None
     counts = {name: np.zeros(k, dtype=np.int64) for name in SLOTS}
