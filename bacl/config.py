@@ -48,6 +48,10 @@ class PoolConfig:
     # near-duplicates (false negatives) and dropped; 1.0 disables. The synthetic dataset ignores both keys.
     duplicate_threshold: float = 0.95
     drop_same_caption: bool = True  # real datasets: drop candidates with a caption identical to the anchor's
+    # bacl-extract: 0 builds the pool in memory; P > 0 out of core (bacl/data/pool_out_of_core.py), a prepare job,
+    # an array of P search parts and a finish job (in turn with cluster=local); flat, IVF, IVF-PQ: the same table.
+    out_of_core_parts: int = neutral(0)
+    out_of_core_chunk: int = neutral(100_000)  # rows read and searched at a time out of core and by the test dedup
 
 
 @dataclass

@@ -6,7 +6,9 @@ by the frozen encoders and written atomically; shards already in the store are s
 so an interrupted extraction resumes where it stopped, and a SLURM array task `i` of `n`
 takes shards i, i+n, i+2n, ... Once every shard exists, the train split's candidate pool
 is built with FAISS (without each anchor's duplicates) and stored next to the features, and
-test items that duplicate training items are listed for exclusion (bacl/data/dedup.py).
+test items that duplicate training items are listed for exclusion (bacl/data/dedup.py). `stages`
+lists the jobs: the pool in memory, or out of core (pool.out_of_core_parts=P: a prepare job, an
+array of P search parts, the deduplication and a finish job, each after those it needs).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from bacl.config import load_config
+from bacl.data import pool_out_of_core as ooc
 from bacl.data.dedup import find_test_duplicates
 from bacl.data.media import CorruptSample, resample
 from bacl.data.pool import filter_signature, pool_counts
@@ -177,11 +180,16 @@ def extract_shard(dataset_cls: type[StoreDataset], cfg: Any, shard: str, towers:
                        text_hash=np.asarray(text_hash, dtype=np.int64))
 
 
-def open_store(cfg: DictConfig) -> tuple[type[StoreDataset], FeatureStore, list[str]]:
+def dataset_shards(cfg: DictConfig) -> tuple[type[StoreDataset], list[str]]:
+    """The dataset class and its shards, nothing written (what --dry-run needs)."""
     dataset_cls = DATASETS.entry(cfg.dataset.name).load()
     if not issubclass(dataset_cls, StoreDataset):
         raise ConfigError(f"dataset={cfg.dataset.name!r} is generated in memory and has nothing to extract")
-    shards = dataset_cls.shards(cfg.dataset)
+    return dataset_cls, dataset_cls.shards(cfg.dataset)
+
+
+def open_store(cfg: DictConfig) -> tuple[type[StoreDataset], FeatureStore, list[str]]:
+    dataset_cls, shards = dataset_shards(cfg)
     store = FeatureStore(dataset_cls.store_path(cfg.dataset))
     store.init(dataset_cls.extraction_config(cfg.dataset), list(dataset_cls.STREAMS), shards)
     return dataset_cls, store, shards
@@ -217,11 +225,8 @@ def add_caption_hashes(dataset_cls: type[StoreDataset], cfg: Any, store: Feature
     return done
 
 
-def build_pool(cfg: DictConfig) -> FeatureStore:
-    """After the last shard: the train split's candidate pool without each anchor's duplicates (pool.k,
-    pool.modality, pool.index, pool.duplicate_threshold, pool.drop_same_caption of the run config) and
-    the test items that duplicate training items (dataset.dedup_threshold, dataset.dedup_same_caption,
-    searched with pool.index), both stored."""
+def ready_store(cfg: DictConfig) -> tuple[type[StoreDataset], FeatureStore]:
+    """The store once every shard exists, with caption hashes added to shards extracted before they were stored."""
     dataset_cls, store, _ = open_store(cfg)
     missing = store.missing_shards()
     if missing:
@@ -230,12 +235,91 @@ def build_pool(cfg: DictConfig) -> FeatureStore:
     added = add_caption_hashes(dataset_cls, cfg.dataset, store)
     if added:
         log.warning("%s: added caption hashes to %d shard(s) extracted without them", store.path, len(added))
-    train = store.split("train")
-    pool, meta = dataset_cls.build_pool(store, train, cfg.pool)
-    store.save_pool("train", cfg.pool.modality, pool.numpy(), cfg.pool.index, meta)
+    return dataset_cls, store
+
+
+def save_dedup(cfg: DictConfig, store: FeatureStore, searcher: Any = None) -> None:
+    """The test items that duplicate training items (dataset.dedup_threshold, dataset.dedup_same_caption,
+    searched with pool.index, pool.out_of_core_chunk training rows at a time; `searcher`: a prepared index)."""
     store.save_dedup(find_test_duplicates(store, cfg.dataset.dedup_threshold, cfg.dataset.dedup_same_caption,
-                                          cfg.pool.index))
+                                          cfg.pool.index, cfg.pool.out_of_core_chunk, searcher))
+
+
+def _pool_in_memory(dataset_cls: type[StoreDataset], store: FeatureStore, pool: Any) -> None:
+    """Its own frame, so the train split is freed before the deduplication."""
+    table, meta = dataset_cls.build_pool(store, store.split("train"), pool)
+    store.save_pool("train", pool.modality, table.numpy(), pool.index, meta)
+
+
+def build_pool(cfg: DictConfig) -> FeatureStore:
+    """After the last shard: the train split's candidate pool without each anchor's duplicates (pool.k,
+    pool.modality, pool.index, pool.duplicate_threshold, pool.drop_same_caption of the run config), built
+    in memory, and the test items that duplicate training items, both stored."""
+    dataset_cls, store = ready_store(cfg)
+    _pool_in_memory(dataset_cls, store, cfg.pool)
+    save_dedup(cfg, store)
     return store
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One job (tasks = 1) or array (tasks > 1) of an extraction, started once every stage in `after` succeeded."""
+
+    name: str
+    tasks: int
+    after: tuple[str, ...]
+    does: str
+
+
+def stages(pool: Any, extract_tasks: int = 1, max_array_size: int = 0) -> list[Stage]:
+    """The extraction's jobs in submission order: the shards, then the pool and the test deduplication, in memory
+    (pool.out_of_core_parts=0) or out of core (bacl/data/pool_out_of_core.py), where the deduplication reuses the
+    prepared index when it searches the same (vision) embeddings."""
+    parts = ooc.validate_out_of_core(pool, max_array_size)
+    shards = Stage("extract", extract_tasks, (), "features of the shards (task i of n: shards i, i+n, ...)")
+    if not parts:
+        return [shards, Stage("pool", 1, ("extract",), "the pool in memory, then the test deduplication")]
+    chunk = pool.out_of_core_chunk
+    return [shards,
+            Stage("pool-prepare", 1, ("extract",), f"the index trained and filled {chunk} rows at a time; the empty table"),
+            Stage("pool-part", parts, ("pool-prepare",), f"task p of {parts} searches table rows [p*N/{parts}, (p+1)*N/{parts})"),
+            Stage("dedup", 1, ("pool-prepare",), f"test items that duplicate training items, {chunk} training rows at a time"),
+            Stage("pool-finish", 1, ("pool-part", "dedup"), "the parts checked, the table stored, the summary printed")]
+
+
+def _dedup_searcher(cfg: DictConfig, store: FeatureStore) -> Any:
+    """The prepared pool index when it is over what the deduplication searches (the vision embeddings) and small
+    enough to be worth reading (not flat: an exact search is a running best over chunks instead)."""
+    if cfg.pool.modality != "vision" or cfg.pool.index.kind == "flat":
+        return None
+    return ooc.read_index(ooc.PoolFiles(store, "train", "vision"), cfg.pool.index)
+
+
+def run_stage(cfg: DictConfig, name: str, task: int = 0) -> FeatureStore:
+    """One pool stage of `stages` in this process (`task`: which part of pool-part)."""
+    pool, chunk = cfg.pool, cfg.pool.out_of_core_chunk
+    if name == "pool":
+        return build_pool(cfg)
+    if name == "pool-prepare":
+        _, store = ready_store(cfg)
+        ooc.prepare(store, pool, chunk)
+        return store
+    _, store, _ = open_store(cfg)
+    if name == "pool-part":
+        ooc.search_part(task, pool.out_of_core_parts, store, pool, chunk)
+    elif name == "dedup":
+        save_dedup(cfg, store, _dedup_searcher(cfg, store))
+    elif name == "pool-finish":
+        ooc.finish(store, pool, pool.out_of_core_parts)
+    else:
+        raise ValueError(f"no extraction stage {name!r}")
+    return store
+
+
+def run_stages_here(cfg: DictConfig) -> FeatureStore:
+    """Every pool stage after the extraction, in submission order, in this process (cluster=local)."""
+    done = [run_stage(cfg, stage.name, task) for stage in stages(cfg.pool)[1:] for task in range(stage.tasks)]
+    return done[-1]
 
 
 def _above(threshold: float) -> str:
@@ -246,7 +330,7 @@ def summary(cfg: DictConfig, store: FeatureStore) -> list[str]:
     """What extract.py prints after the pool: duplicates removed from the pool and the test split, warnings."""
     dataset_cls = DATASETS.entry(cfg.dataset.name).load()
     stored = store.load_pool("train", cfg.pool.modality, cfg.pool.k, cfg.pool.index,
-                             filter_signature(cfg.pool.duplicate_threshold, cfg.pool.drop_same_caption))
+                             filter_signature(cfg.pool.duplicate_threshold, cfg.pool.drop_same_caption), mmap=True)
     lines = []
     if stored is not None:
         c = pool_counts(stored[1], cfg.pool.k, stored[0].shape[0])
@@ -273,8 +357,11 @@ class ExtractJob(submitit.helpers.Checkpointable):
 
 
 class PoolJob(submitit.helpers.Checkpointable):
-    def __call__(self, overrides: list[str]) -> str:
+    """One pool stage (`stages`) or array task of one; requeued, it runs the stage again from its start."""
+
+    def __call__(self, overrides: list[str], stage: str = "pool", task: int = 0) -> str:
         cfg = load_config(overrides)
-        store = build_pool(cfg)
-        print("\n".join(summary(cfg, store)))  # into the job's log
+        store = run_stage(cfg, stage, task)
+        if stage in ("pool", "pool-finish"):
+            print("\n".join(summary(cfg, store)))  # into the job's log
         return str(store.path)

@@ -267,3 +267,124 @@ def test_dedup_reads_a_chunk_of_training_rows_at_a_time(tmp_path, monkeypatch):
     assert got["counts"]["test_removed"] > 0
     # the in-memory version held the training split twice (float32, then normalised): one copy is this
     assert peak < train_items * d * 4, peak
+
+
+# ---- bacl-extract's stages: in memory, or prepare -> parts -> dedup -> finish ---------------------------------
+IVF = ["pool.k=10", "pool.index.kind=ivf", "pool.index.nlist=16", "pool.index.nprobe=4", "pool.index.train_size=400",
+       "pool.duplicate_threshold=0.95", "pool.drop_same_caption=true", "dataset.dedup_threshold=0.9"]
+
+
+@pytest.fixture
+def extraction(tmp_path, monkeypatch):
+    """(overrides, store): bacl-extract's stages pointed at a written store whose shards are all extracted."""
+    from bacl import extract
+    from bacl.cli import extract as cli
+
+    store = write_store(tmp_path / "store")
+    names = store.manifest["shards"]
+    monkeypatch.setattr(extract, "open_store", lambda cfg: (StoreDataset, store, names))
+    monkeypatch.setattr(cli, "open_store", lambda cfg: (StoreDataset, store, names))
+    monkeypatch.setattr(cli, "dataset_shards", lambda cfg: (StoreDataset, names))
+    return ["dataset=laion400m", f"dataset.root={tmp_path}", *IVF], store
+
+
+def stored_outputs(store: FeatureStore, overrides: list[str]) -> tuple[np.ndarray, dict, dict]:
+    from bacl.config import load_config
+
+    cfg = load_config(overrides)
+    record = store.load_dedup(StoreDataset.dedup_signature(cfg.dataset))
+    return np.load(store.pool_path("train", "vision")), read_pool_meta(store), record
+
+
+def read_pool_meta(store: FeatureStore) -> dict:
+    from bacl.results import read_json
+
+    return read_json(store.pool_path("train", "vision").with_suffix(".json"))
+
+
+def clear_outputs(store: FeatureStore) -> None:
+    """The pool and dedup files gone, so a check of them sees only what ran afterwards."""
+    store.pool_path("train", "vision").unlink()
+    store.pool_path("train", "vision").with_suffix(".json").unlink()
+    for path in (store.path / "dedup").iterdir():
+        path.unlink()
+
+
+def test_out_of_core_stages_here_store_the_in_memory_pool_and_dedup(extraction):
+    from bacl.config import load_config
+    from bacl.extract import build_pool, run_stages_here
+
+    overrides, store = extraction
+    build_pool(load_config(overrides))  # the in-memory reference
+    expected = stored_outputs(store, overrides)
+    clear_outputs(store)
+    run_stages_here(load_config([*overrides, "pool.out_of_core_parts=3", "pool.out_of_core_chunk=70"]))
+    table, meta, record = stored_outputs(store, overrides)
+    assert np.array_equal(table, expected[0]) and meta == expected[1] and record == expected[2]
+    assert record["counts"]["test_removed_near_duplicate"] > 0  # the prepared IVF index found them
+    assert not ooc.PoolFiles(store, "train", "vision").dir.exists()  # finish cleaned up
+
+
+def test_extraction_stages_chain_with_afterok_on_slurm(extraction, monkeypatch, capsys):
+    """What bacl-extract cluster=slurm would submit: each stage an array held by afterok on those it needs."""
+    from bacl.cli import extract as cli
+
+    overrides, store = extraction
+    submitted: list[dict] = []
+
+    class Recorder:
+        params: dict = {}
+
+        def update_parameters(self, **params):
+            self.params = {**self.params, **params}
+
+        def map_array(self, fn, *args):
+            job_id = str(100 + len(submitted))
+            submitted.append({"job": type(fn).__name__, "args": [list(a) for a in args], "id": job_id,
+                              "name": self.params["name"],
+                              "dependency": self.params["slurm_additional_parameters"].get("dependency")})
+            return [type("Job", (), {"job_id": f"{job_id}_{i}"})() for i in range(len(args[0]))]
+
+    monkeypatch.setattr(cli, "make_executor", lambda profile, folder, name: Recorder())
+    ids = cli.submit([*overrides, "pool.out_of_core_parts=4"], {**cli.EXTRACT_KEYS, "extract.tasks": 3}, "slurm")
+    assert [s["name"] for s in submitted] == [f"{n}-laion400m" for n in
+                                              ("extract", "pool-prepare", "pool-part", "dedup", "pool-finish")]
+    assert [len(s["args"][0]) for s in submitted] == [3, 1, 4, 1, 1]
+    assert [s["dependency"] for s in submitted] == [None, "afterok:100", "afterok:101", "afterok:101", "afterok:102:103"]
+    assert submitted[2]["args"][1:] == [["pool-part"] * 4, [0, 1, 2, 3]]  # stage and part of each array task
+    assert ids == {"extract": "100", "pool-prepare": "101", "pool-part": "102", "dedup": "103", "pool-finish": "104"}
+    assert "squeue -j 100,101,102,103,104" in capsys.readouterr().out
+    submitted.clear()
+    cli.submit(overrides, dict(cli.EXTRACT_KEYS), "slurm")  # in memory: today's two jobs
+    assert [(s["name"], s["dependency"]) for s in submitted] == [("extract-laion400m", None), ("pool-laion400m", "afterok:100")]
+
+
+def test_the_debug_executor_runs_the_submitted_stages_in_order(extraction):
+    from bacl.cli import extract as cli
+    from bacl.config import load_config
+    from bacl.extract import build_pool
+
+    overrides, store = extraction
+    build_pool(load_config(overrides))
+    expected = stored_outputs(store, overrides)
+    clear_outputs(store)
+    cli.submit([*overrides, "pool.out_of_core_parts=2"], dict(cli.EXTRACT_KEYS), "debug")
+    table, meta, record = stored_outputs(store, overrides)
+    assert np.array_equal(table, expected[0]) and meta == expected[1] and record == expected[2]
+
+
+def test_dry_run_lists_the_stages_and_bad_keys_exit_2(extraction, capsys):
+    from bacl.cli import extract as cli
+
+    overrides, _ = extraction
+    assert cli.main(["--dry-run", *overrides, "pool.out_of_core_parts=4", "cluster=slurm"]) == 0
+    out = capsys.readouterr().out
+    assert "5 stage(s)" in out and "pool-part    array of 4" in out and "after pool-part and dedup (afterok)" in out
+    assert "extract      array of 5" in out  # min(extract.tasks=8, 5 shards)
+    for bad, expected in (("pool.out_of_core_parts=-1", "pool.out_of_core_parts=-1 is out of range"),
+                          ("pool.out_of_core_parts=1001", "max_array_size=1000"),
+                          ("pool.out_of_core_chunk=0", "pool.out_of_core_chunk=0 is out of range")):
+        assert cli.main(["--dry-run", *overrides, bad, "cluster=slurm"]) == 2
+        assert expected in capsys.readouterr().err
+    assert cli.main([*overrides, "pool.out_of_core_parts=-2"]) == 2  # locally: before any extraction
+    assert "pool.out_of_core_parts=-2" in capsys.readouterr().err

@@ -6,8 +6,9 @@ that a SLURM array shares; each takes the run-config overrides the extraction wa
     python -m bacl.cli.pool finish --parts P <the same overrides>
 
 `part` without --part takes p from $SLURM_ARRAY_TASK_ID (sbatch --array=0-<P-1>). `--chunk`: rows
-read and searched at a time (default 100,000). Exit codes: 0 done, 2 bad input (a part run with
-settings other than prepare's, a part missing at finish, shards not extracted).
+read and searched at a time; it and --parts default to pool.out_of_core_chunk (100,000) and
+pool.out_of_core_parts (0 reads as 1), what `bacl-extract pool.out_of_core_parts=P` submits.
+Exit codes: 0 done, 2 bad input (a part run with settings other than prepare's, a part missing at finish, shards not extracted).
 """
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ import os
 import sys
 
 from bacl.config import load_config
-from bacl.data.pool_out_of_core import finish, prepare, search_part
+from bacl.data.pool_out_of_core import finish, prepare, search_part, validate_out_of_core
 from bacl.data.store import StoreMissing
-from bacl.errors import ConfigError
+from bacl.errors import ConfigError, require
 from bacl.extract import open_store
 
 
@@ -35,21 +36,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bacl.cli.pool", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=("prepare", "part", "finish"))
-    parser.add_argument("--parts", type=int, default=1)
+    parser.add_argument("--parts", type=int)
     parser.add_argument("--part", type=int)
-    parser.add_argument("--chunk", type=int, default=100_000)
+    parser.add_argument("--chunk", type=int)
     parser.add_argument("overrides", nargs="*", help="run-config key=value overrides")
     args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     try:
         cfg = load_config(args.overrides)
+        parts = args.parts if args.parts is not None else validate_out_of_core(cfg.pool) or 1
+        chunk = args.chunk if args.chunk is not None else cfg.pool.out_of_core_chunk
+        require(chunk >= 1, "--chunk", chunk, ">= 1 rows at a time")
         _, store, _ = open_store(cfg)
         if args.step == "prepare":
-            print(prepare(store, cfg.pool, args.chunk).dir)
+            print(prepare(store, cfg.pool, chunk).dir)
         elif args.step == "part":
-            record = search_part(_part(args.part), args.parts, store, cfg.pool, args.chunk)
+            record = search_part(_part(args.part), parts, store, cfg.pool, chunk)
             print(f"rows {record['rows'][0]}..{record['rows'][1]} done")
         else:
-            print(finish(store, cfg.pool, args.parts))
+            print(finish(store, cfg.pool, parts))
     except (ConfigError, StoreMissing) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

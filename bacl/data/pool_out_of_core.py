@@ -264,6 +264,17 @@ def finish(store: FeatureStore, pool: Any, parts: int, split: str = "train") -> 
     return files.final
 
 
+def validate_out_of_core(pool: Any, max_array_size: int = 0) -> int:
+    """`pool.out_of_core_parts` (0: the pool in memory) once its keys are in range; `max_array_size`: the
+    cluster's (0: no limit), since the parts are one array."""
+    parts, chunk = pool.out_of_core_parts, pool.out_of_core_chunk
+    require(parts >= 0, "pool.out_of_core_parts", parts, "0 (the pool in memory) or P >= 1 search parts out of core")
+    require(not max_array_size or parts <= max_array_size, "pool.out_of_core_parts", parts,
+            f"at most the cluster profile's max_array_size={max_array_size}: the parts are one array")
+    require(chunk >= 1, "pool.out_of_core_chunk", chunk, "rows read and searched at a time, >= 1")
+    return int(parts)
+
+
 def build(store: FeatureStore, pool: Any, chunk: int, parts: int = 1, split: str = "train") -> Path:
     """prepare, every part in turn, finish: the whole out-of-core build in this process."""
     prepare(store, pool, chunk, split)
