@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -19,7 +20,9 @@ from bacl.config import load_config
 from bacl.launch import TrainJob, export_dist_env, make_executor
 from bacl.sweep import load_group_file
 from bacl.trainer import Trainer
-from helpers import TINY
+from helpers import REPO, TINY
+
+START, STOP = REPO / "slurm" / "local" / "start.sh", REPO / "slurm" / "local" / "stop.sh"
 
 TORCH_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -116,18 +119,70 @@ def train_local(tasks: int, overrides: list[str], logs: Path) -> dict:
     return json.loads((runs / outcome["run_id"] / "result.json").read_text())
 
 
-@pytest.mark.slurm
-def test_a_two_task_gloo_job_is_requeued_mid_training_and_resumes_to_the_uninterrupted_metrics(slurm_cluster, tmp_path):
+def preempted_run_matches_uninterrupted(profile_overrides: tuple[str, ...], tmp_path: Path) -> None:
+    """A 2-rank gloo run on the local cluster laid out by `profile_overrides`, preempted after its first
+    checkpoint, resumes and ends with the metrics of an uninterrupted 2-rank run (exactly: resumption
+    and gloo's 2-rank reductions are deterministic on CPU) and of one process (to float tolerance)."""
     run = [*TINY, "method=clip", "train.epochs=30", "train.device=cpu"]
-    result, seconds = train_preempted(("tasks_per_node=2", "mem_gb=1", "timeout_min=10"),
+    result, seconds = train_preempted((*profile_overrides, "mem_gb=1", "timeout_min=10"),
                                       [*run, f"output_dir={tmp_path}/slurm"], tmp_path / "logs")
     assert result["status"] == "ok", result
     total = result["step"]
     assert 0 < result.get("resumed_from_step", 0) < total, "the job finished without being requeued"
-    print(f"2-task requeue: {seconds:.1f} s, resumed from step {result['resumed_from_step']} of {total}")
+    print(f"{' '.join(profile_overrides)} requeue: {seconds:.1f} s, resumed from step {result['resumed_from_step']} of {total}")
 
     straight = train_local(2, [*run, f"output_dir={tmp_path}/straight"], tmp_path / "local-logs")
     assert straight["status"] == "ok" and "resumed_from_step" not in straight
-    assert straight["metrics"] == result["metrics"]  # resuming a 2-rank run is exact on CPU
+    assert straight["metrics"] == result["metrics"]
     one = Trainer(load_config([*run, f"output_dir={tmp_path}/one"])).run()
     assert flat(one["metrics"]) == pytest.approx(flat(result["metrics"]), rel=1e-5, abs=1e-6)  # measured: 8.5e-7 (margin)
+
+
+def _slurm_nodes() -> list[str] | None:
+    """The nodes of the cluster whose controller answers, or None when none answers."""
+    if shutil.which("scontrol") is None:
+        return None
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=15)
+        if " is UP" not in ping.stdout:
+            return None
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True, timeout=15).stdout
+    except subprocess.TimeoutExpired:
+        return None
+    return sorted(set(out.split()))
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster():
+    """A cluster of at least two nodes: the one that answers (left running), or slurm/local started with
+    SLURM_LOCAL_NODES=2 (two slurmd instances on this host) and stopped again at the end of the module.
+    A running one-node cluster is not reconfigured under whoever started it: the test is skipped."""
+    nodes = _slurm_nodes()
+    if nodes is not None:
+        if len(nodes) < 2:
+            pytest.skip(f"the running SLURM cluster has one node ({nodes}); stop it, or start it with "
+                        f"SLURM_LOCAL_NODES=2 bash slurm/local/start.sh")
+        yield "existing"
+        return
+    if os.geteuid() != 0 or (shutil.which("apt-get") is None and shutil.which("slurmctld") is None):
+        pytest.skip("no SLURM cluster answers, and starting the local one needs root and apt-get or slurm")
+    env = {**os.environ, "SLURM_LOCAL_NODES": "2"}
+    proc = subprocess.run(["bash", str(START)], capture_output=True, text=True, timeout=600, env=env)
+    try:
+        assert proc.returncode == 0, f"slurm/local/start.sh failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
+        assert _slurm_nodes() == ["n1", "n2"]
+        yield "started"
+    finally:
+        subprocess.run(["bash", str(STOP)], capture_output=True, timeout=120)
+
+
+@pytest.mark.slurm
+def test_a_two_node_gloo_job_is_requeued_mid_training_and_resumes_to_the_uninterrupted_metrics(two_node_cluster, tmp_path):
+    """nodes=2 x 1 task: ranks on two slurmd nodes, MASTER_ADDR from the launch address (n1 does not resolve)."""
+    preempted_run_matches_uninterrupted(("nodes=2", "tasks_per_node=1"), tmp_path)
+
+
+@pytest.mark.slurm
+def test_a_two_task_gloo_job_is_requeued_mid_training_and_resumes_to_the_uninterrupted_metrics(slurm_cluster, tmp_path):
+    """1 node x 2 tasks (cluster=slurm tasks_per_node=2)."""
+    preempted_run_matches_uninterrupted(("tasks_per_node=2",), tmp_path)

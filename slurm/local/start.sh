@@ -5,8 +5,11 @@
 #
 #   bash slurm/local/start.sh            # munge + MariaDB + slurmdbd + slurmctld + slurmd
 #   SLURM_LOCAL_ACCOUNTING=0 bash slurm/local/start.sh   # no slurmdbd/MariaDB (no sacct)
+#   SLURM_LOCAL_NODES=2 bash slurm/local/start.sh        # nodes n1, n2: one slurmd each, on this host
 #
-# Environment: SLURM_LOCAL_ACCOUNTING (1), SLURM_LOCAL_TIMEOUT (60 s per daemon),
+# Environment: SLURM_LOCAL_ACCOUNTING (1), SLURM_LOCAL_NODES (1: one node named `hostname -s`;
+# N > 1: nodes n1..nN, each its own slurmd instance, which needs a Slurm built with
+# --enable-multiple-slurmd, as Debian's is), SLURM_LOCAL_TIMEOUT (60 s per daemon),
 # SLURM_LOCAL_STOP_TIMEOUT (15 s before KILL when a daemon must be restarted).
 # Stdout gets one summary line; progress and errors go to stderr.
 set -euo pipefail
@@ -17,6 +20,7 @@ STATE_DIR=/var/lib/slurm_local
 LOG_DIR=$STATE_DIR/logs
 STARTED=$STATE_DIR/started   # lines "NAME PID STARTTIME EXE": the daemons this script started
 ACCOUNTING=${SLURM_LOCAL_ACCOUNTING:-1}
+NODES=${SLURM_LOCAL_NODES:-1}
 TIMEOUT=${SLURM_LOCAL_TIMEOUT:-60}
 STOP_TIMEOUT=${SLURM_LOCAL_STOP_TIMEOUT:-15}
 CLUSTER=localci
@@ -25,6 +29,7 @@ log() { echo "slurm-local: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (it installs packages and starts daemons)"
+[[ $NODES =~ ^[1-9][0-9]?$ ]] || die "SLURM_LOCAL_NODES=$NODES: expected a node count from 1 to 99"
 
 declare -A EXE=([munged]=/usr/sbin/munged [mariadbd]=/usr/sbin/mariadbd [slurmdbd]=/usr/sbin/slurmdbd
                 [slurmctld]=/usr/sbin/slurmctld [slurmd]=/usr/sbin/slurmd)
@@ -35,7 +40,21 @@ declare -A LOGS=([munged]=/var/log/munge/munged.log [mariadbd]=
                  [slurmd]=/var/log/slurm/slurmd.log)
 DAEMONS=(munged)
 [[ $ACCOUNTING != 0 ]] && DAEMONS+=(mariadbd slurmdbd)
-DAEMONS+=(slurmctld slurmd)
+DAEMONS+=(slurmctld)
+# The slurmd daemons: "slurmd" for the one node named after the host, or one instance "slurmd@nI"
+# (slurmd -N nI) per node. kind() maps an instance to the tables above; its PID file and log are its own.
+if ((NODES == 1)); then
+    SLURMDS=(slurmd)
+else
+    SLURMDS=()
+    for ((i = 1; i <= NODES; i++)); do
+        SLURMDS+=("slurmd@n$i")
+        OWN_PIDFILE[slurmd@n$i]=/run/slurmd-n$i.pid
+        LOGS[slurmd@n$i]=/var/log/slurm/slurmd-n$i.log
+    done
+fi
+DAEMONS+=("${SLURMDS[@]}")
+kind() { echo "${1%%@*}"; }
 
 mkdir -p "$STATE_DIR" "$LOG_DIR"
 chmod 0755 "$STATE_DIR"
@@ -48,7 +67,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/proc.sh"
 record_add() { # NAME PID
     local s; s=$(proc_stat "$2") || die "$1 (PID $2) vanished right after start; see $LOG_DIR/$1.log"
     record_del "$1"
-    echo "$1 $2 ${s#* } ${EXE[$1]}" >>"$STARTED"
+    echo "$1 $2 ${s#* } ${EXE[$(kind "$1")]}" >>"$STARTED"
 }
 # PID of the running daemon NAME, whoever started it (the PID we recorded, else any live
 # process running its binary: a daemon someone else started is used, never recorded).
@@ -60,10 +79,20 @@ running_pid() {
         if is_same "$pid" "$st" "$exe"; then echo "$pid"; return 0; fi
         record_del "$1"   # it died (or its PID now belongs to something else)
     fi
-    for pid in $(pgrep -x "$1|${1}-wlm" 2>/dev/null || true); do
-        if pid_live "$pid" && [[ $(proc_exe "$pid") == "${EXE[$1]}" ]]; then echo "$pid"; return 0; fi
+    local k; k=$(kind "$1")
+    for pid in $(pgrep -x "$k|${k}-wlm" 2>/dev/null || true); do
+        pid_live "$pid" && [[ $(proc_exe "$pid") == "${EXE[$k]}" ]] || continue
+        [[ $k != slurmd ]] || [[ $(node_arg "$pid") == "${1#slurmd}" ]] || continue   # the same instance
+        echo "$pid"; return 0
     done
     return 1
+}
+# "@NODE" for a slurmd started with -N NODE, nothing for one without (the node named after the host).
+node_arg() {
+    local -a argv
+    mapfile -d '' -t argv </proc/"$1"/cmdline 2>/dev/null || return 0
+    local i
+    for ((i = 0; i < ${#argv[@]} - 1; i++)); do [[ ${argv[i]} == -N ]] && { echo "@${argv[i + 1]}"; return 0; }; done
 }
 terminate() { # NAME PID: TERM, then KILL after STOP_TIMEOUT; a zombie counts as gone
     local name=$1 pid=$2 i
@@ -74,8 +103,8 @@ terminate() { # NAME PID: TERM, then KILL after STOP_TIMEOUT; a zombie counts as
         kill -KILL "$pid" 2>/dev/null || true
         for ((i = 0; i < 50; i++)); do pid_live "$pid" || break; sleep 0.1; done
     fi
-    local f=${OWN_PIDFILE[$name]}
-    if [[ -f $f ]] && [[ $(awk 'NR==1 {print $1}' "$f" 2>/dev/null) == "$pid" ]]; then rm -f "$f"; fi
+    local f=${OWN_PIDFILE[$name]:-}
+    if [[ -n $f && -f $f ]] && [[ $(awk 'NR==1 {print $1}' "$f" 2>/dev/null) == "$pid" ]]; then rm -f "$f"; fi
 }
 
 tail_logs() {
@@ -112,13 +141,13 @@ launch() { # NAME CMD...
     # setsid and setpriv exec in place: wait until the PID runs the daemon's binary, then record it.
     for ((i = 0; i < 100; i++)); do
         pid_live "$pid" || fail "$name" "$name exited right after start"
-        [[ $(proc_exe "$pid") == "${EXE[$name]}" ]] && break
+        [[ $(proc_exe "$pid") == "${EXE[$(kind "$name")]}" ]] && break
         sleep 0.05
     done
-    if [[ $(proc_exe "$pid") != "${EXE[$name]}" ]]; then
+    if [[ $(proc_exe "$pid") != "${EXE[$(kind "$name")]}" ]]; then
         local seen; seen=$(proc_exe "$pid" || true)
         kill -KILL "$pid" 2>/dev/null || true
-        fail "$name" "PID $pid runs ${seen:-?}, not ${EXE[$name]} (did setsid fork?)"
+        fail "$name" "PID $pid runs ${seen:-?}, not ${EXE[$(kind "$name")]} (did setsid fork?)"
     fi
     record_add "$name" "$pid"
     LAUNCHED_PID=$pid
@@ -166,6 +195,7 @@ chown munge:munge /etc/munge/munge.key
 chmod 0600 /etc/munge/munge.key
 install -d -o slurm -g slurm -m 0755 /var/log/slurm /var/lib/slurm /var/lib/slurm/slurmctld
 install -d -m 0755 /var/lib/slurm/slurmd
+for ((i = 1; i <= NODES && NODES > 1; i++)); do install -d -m 0755 "/var/lib/slurm/slurmd-n$i"; done
 if [[ $ACCOUNTING != 0 ]]; then
     install -d -o mysql -g mysql -m 0755 /run/mysqld
     if [[ ! -d /var/lib/mysql/mysql ]]; then
@@ -183,7 +213,27 @@ hw=$(slurmd -C 2>/dev/null | head -n1)
 [[ $hw == NodeName=* ]] || die "slurmd -C printed no node line"
 mem=$(sed -n 's/.* RealMemory=\([0-9]*\).*/\1/p' <<<"$hw")
 [[ -n $mem ]] || die "no RealMemory in: $hw"
-hw=$(sed -e "s/^NodeName=[^ ]*/NodeName=$HN NodeAddr=127.0.0.1/" -e "s/ RealMemory=[0-9]*/ RealMemory=$((mem * 95 / 100))/" <<<"$hw")
+hw=$(sed -e "s/^NodeName=[^ ]*//" -e "s/ RealMemory=[0-9]*/ RealMemory=$((mem * 95 / 100))/" <<<"$hw")
+# Several nodes: slurmd instances on this host, each with its own port, PID file, spool and log
+# (%n is the node name; these need a Slurm built with --enable-multiple-slurmd). Every node is
+# given the whole machine's CPUs and memory, so the cluster counts NODES times what exists.
+if ((NODES == 1)); then
+    NODE_NAMES=($HN)
+    SLURMD_FILES="SlurmdPidFile=/run/slurmd.pid
+SlurmdSpoolDir=/var/lib/slurm/slurmd
+SlurmdLogFile=/var/log/slurm/slurmd.log"
+    NODE_LINES="NodeName=$HN NodeAddr=127.0.0.1$hw State=UNKNOWN"
+else
+    NODE_NAMES=()
+    SLURMD_FILES="SlurmdPidFile=/run/slurmd-%n.pid
+SlurmdSpoolDir=/var/lib/slurm/slurmd-%n
+SlurmdLogFile=/var/log/slurm/slurmd-%n.log"
+    NODE_LINES=
+    for ((i = 1; i <= NODES; i++)); do
+        NODE_NAMES+=("n$i")
+        NODE_LINES+="${NODE_LINES:+$'\n'}NodeName=n$i NodeHostname=$HN NodeAddr=127.0.0.1 Port=$((6830 + i))$hw State=UNKNOWN"
+    done
+fi
 if [[ $ACCOUNTING != 0 ]]; then
     acct="AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
@@ -202,11 +252,9 @@ SlurmdUser=root
 SlurmctldPort=6817
 SlurmdPort=6818
 StateSaveLocation=/var/lib/slurm/slurmctld
-SlurmdSpoolDir=/var/lib/slurm/slurmd
 SlurmctldPidFile=/run/slurmctld.pid
-SlurmdPidFile=/run/slurmd.pid
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
-SlurmdLogFile=/var/log/slurm/slurmd.log
+$SLURMD_FILES
 MpiDefault=none
 MailProg=/bin/true
 ProctrackType=proctrack/linuxproc
@@ -222,7 +270,7 @@ SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=1024
 ReturnToService=2
 KillWait=10
-$hw State=UNKNOWN
+$NODE_LINES
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP"
 
 if [[ ! -s $STATE_DIR/dbpass ]]; then
@@ -273,18 +321,23 @@ ctld_ok() { timeout 10 scontrol ping 2>/dev/null | grep -q 'is UP'; }
 # The node answers and (when SINCE is given) slurmd registered at or after SINCE (epoch seconds):
 # after a restart slurmctld restores the node as idle from its state before slurmd is back.
 NODE_STATE=
-node_ok() { # [SINCE]
-    NODE_STATE=$(timeout 10 sinfo -h -n "$HN" -o %T 2>/dev/null | head -n1) || return 1
-    if [[ $NODE_STATE == drain* || $NODE_STATE == *drain ]] && [[ -z ${RESUMED:-} ]]; then
-        RESUMED=1; log "node $HN is $NODE_STATE: resuming it"
-        scontrol update NodeName="$HN" State=RESUME >/dev/null 2>&1 || true
+declare -A RESUMED=()
+node_ok() { # [SINCE]: every node of NODE_NAMES
+    local node
+    for node in "${NODE_NAMES[@]}"; do one_node_ok "$node" "${1:-}" || return 1; done
+}
+one_node_ok() { # NODE [SINCE]
+    NODE_STATE=$(timeout 10 sinfo -h -n "$1" -o %T 2>/dev/null | head -n1) || return 1
+    if [[ $NODE_STATE == drain* || $NODE_STATE == *drain ]] && [[ -z ${RESUMED[$1]:-} ]]; then
+        RESUMED[$1]=1; log "node $1 is $NODE_STATE: resuming it"
+        scontrol update NodeName="$1" State=RESUME >/dev/null 2>&1 || true
     fi
     [[ $NODE_STATE =~ ^(idle|mixed|allocated|completing)$ ]] || return 1
-    if [[ -n ${1:-} ]]; then
+    if [[ -n ${2:-} ]]; then
         local t ts
-        t=$(timeout 10 scontrol show node "$HN" 2>/dev/null | grep -o 'SlurmdStartTime=[^ ]*') || return 1
+        t=$(timeout 10 scontrol show node "$1" 2>/dev/null | grep -o 'SlurmdStartTime=[^ ]*') || return 1
         ts=$(date -d "${t#*=}" +%s 2>/dev/null) || return 1
-        ((ts >= $1)) || return 1
+        ((ts >= $2)) || return 1
     fi
 }
 ensure_db_user() {
@@ -302,10 +355,19 @@ ensure_cluster() {
     touch "$STATE_DIR/cluster_added"
 }
 
-STARTED_NOW=() ALREADY=() SLURMD_SINCE=
+STARTED_NOW=() ALREADY=() SLURMD_SINCE= SLURMD_PIDS=()
+# slurmd instances of another node count (recorded by an earlier start.sh) serve nodes that are gone.
+if [[ -f $STARTED ]]; then
+    for name in $(awk '$1 ~ /^slurmd(@|$)/ {print $1}' "$STARTED"); do
+        [[ " ${SLURMDS[*]} " == *" $name "* ]] && continue
+        rec=$(record_get "$name"); read -r pid st exe <<<"$rec"
+        if is_same "$pid" "$st" "$exe"; then log "stopping $name (PID $pid): not a node of this configuration"; terminate "$name" "$pid"; fi
+        record_del "$name"
+    done
+fi
 for name in "${DAEMONS[@]}"; do
     pid=$(running_pid "$name") || pid=
-    if [[ -n $pid && -n ${RESTART[$name]:-} ]]; then
+    if [[ -n $pid && -n ${RESTART[$(kind "$name")]:-} ]]; then
         log "configuration changed: restarting $name (PID $pid)"
         terminate "$name" "$pid"
         record_del "$name"
@@ -335,15 +397,20 @@ for name in "${DAEMONS[@]}"; do
         slurmd)
             SLURMD_SINCE=$(date +%s)
             launch slurmd /usr/sbin/slurmd -D
-            SLURMD_PID=$LAUNCHED_PID ;;
+            SLURMD_PIDS+=("$LAUNCHED_PID") ;;
+        slurmd@*)
+            SLURMD_SINCE=${SLURMD_SINCE:-$(date +%s)}
+            launch "$name" /usr/sbin/slurmd -D -N "${name#slurmd@}"
+            SLURMD_PIDS+=("$LAUNCHED_PID") ;;
     esac
     STARTED_NOW+=("$name")
 done
 
-# slurmd (no -N: NodeName is `hostname -s`) must have registered and the node must answer.
-wait_for slurmd "${SLURMD_PID:-}" "idle node $HN${SLURMD_SINCE:+ registered after launch}" node_ok "$SLURMD_SINCE"
+# Each slurmd must have registered and its node must answer (one node: no -N, NodeName is `hostname -s`).
+wait_for "${SLURMDS[0]}" "${SLURMD_PIDS[0]:-}" "idle node(s) ${NODE_NAMES[*]}${SLURMD_SINCE:+ registered after launch}" \
+    node_ok "$SLURMD_SINCE"
 
 us=$((${EPOCHREALTIME/./} - T0))
 printf 'slurm-local: cluster %s up, node %s %s, accounting %s; started: %s; already running: %s (%d.%01ds)\n' \
-    "$CLUSTER" "$HN" "$NODE_STATE" "$([[ $ACCOUNTING != 0 ]] && echo on || echo off)" \
+    "$CLUSTER" "$(IFS=,; echo "${NODE_NAMES[*]}")" "$NODE_STATE" "$([[ $ACCOUNTING != 0 ]] && echo on || echo off)" \
     "${STARTED_NOW[*]:-none}" "${ALREADY[*]:-none}" $((us / 1000000)) $((us % 1000000 / 100000))

@@ -27,15 +27,21 @@ flock -w 600 9 || { log "ERROR: another start.sh or stop.sh holds $STATE_DIR/loc
 
 source "$(dirname "${BASH_SOURCE[0]}")/proc.sh"
 rm_own_pidfile() { # NAME PID: the daemon's own PID file, if it still names PID (slurm cannot unlink it in /run)
-    local f=${OWN_PIDFILE[$1]}
-    if [[ -f $f ]] && [[ $(awk 'NR==1 {print $1}' "$f" 2>/dev/null) == "$2" ]] && ! pid_live "$2"; then
+    local f=${OWN_PIDFILE[$1]:-}
+    [[ $1 == slurmd@* ]] && f=/run/slurmd-${1#slurmd@}.pid   # an instance of SLURM_LOCAL_NODES > 1
+    if [[ -n $f && -f $f ]] && [[ $(awk 'NR==1 {print $1}' "$f" 2>/dev/null) == "$2" ]] && ! pid_live "$2"; then
         rm -f "$f"
     fi
 }
 
 # Cancel the jobs while the controller is still there (a stale queue survives in StateSaveLocation).
 ours_alive() { local r; r=$(record_get "$1"); [[ -n $r ]] && is_same $r; }
-if { ours_alive slurmctld || ours_alive slurmd; } && timeout 5 scontrol ping 2>/dev/null | grep -q 'is UP'; then
+# slurmd instances (SLURM_LOCAL_NODES > 1) are recorded as slurmd@NODE; they stop first, with slurmd.
+SLURMDS=($(awk '$1 ~ /^slurmd(@[A-Za-z0-9_-]+)?$/ {print $1}' "$STARTED"))
+ORDER=("${SLURMDS[@]}" "${ORDER[@]:1}")
+ours=false
+for name in slurmctld "${SLURMDS[@]}"; do ours_alive "$name" && ours=true; done
+if $ours && timeout 5 scontrol ping 2>/dev/null | grep -q 'is UP'; then
     jobs=$(timeout 10 squeue -h -o %i 2>/dev/null || true)
     if [[ -n $jobs ]]; then
         log "cancelling jobs: $(echo $jobs)"
@@ -48,9 +54,10 @@ if { ours_alive slurmctld || ours_alive slurmd; } && timeout 5 scontrol ping 2>/
     fi
 fi
 
-if unknown=$(awk '$1 !~ /^(slurmd|slurmctld|slurmdbd|mariadbd|munged)$/' "$STARTED") && [[ -n $unknown ]]; then
+KNOWN='^(slurmd(@[A-Za-z0-9_-]+)?|slurmctld|slurmdbd|mariadbd|munged)$'
+if unknown=$(awk -v k="$KNOWN" '$1 !~ k' "$STARTED") && [[ -n $unknown ]]; then
     log "ignoring unknown lines in $STARTED: $unknown"
-    awk '$1 ~ /^(slurmd|slurmctld|slurmdbd|mariadbd|munged)$/' "$STARTED" >"$STARTED.tmp"; mv -f "$STARTED.tmp" "$STARTED"
+    awk -v k="$KNOWN" '$1 ~ k' "$STARTED" >"$STARTED.tmp"; mv -f "$STARTED.tmp" "$STARTED"
 fi
 
 stopped=()
