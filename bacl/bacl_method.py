@@ -108,7 +108,7 @@ class BACL(Method):
         if self.cfg.negatives != "bns":
             return super().select_negatives(batch, img, txt, step, progress)
         candidates = self.candidates(batch)
-        scores = self.candidate_scores(img, txt, candidates, step)  # detached
+        scores, banked = self.candidate_scores(img, txt, candidates, step)  # detached
         alpha = self.curriculum.alpha(progress)
         # BS in logit units (× 1/temperature), the scale at which the contrastive loss sees it
         difficulty = self.logit_scale.detach() * scores
@@ -116,7 +116,7 @@ class BACL(Method):
         terms: dict[str, torch.Tensor] = {"alpha": torch.tensor(alpha)}
         learned = torch.zeros_like(scores)
         if self.policy is not None:
-            learned = self.cfg.policy.bound * torch.tanh(self.policy(img.detach(), self.bank.lookup(candidates), scores))
+            learned = self.cfg.policy.bound * torch.tanh(self.policy(img.detach(), banked, scores))
         logits = -alpha * (difficulty + learned) if scaled else learned - alpha * difficulty
         if self.policy is not None:  # the policy's effect on the selection logits, against BS
             terms["policy_bs_corr"] = row_correlation((-alpha * learned if scaled else learned).detach(), scores)
@@ -141,7 +141,7 @@ class BACL(Method):
             captions, state = negatives.first()
         if state is None:
             with torch.set_grad_enabled(self.cfg.negative_grad):
-                state = self.model.shared(self.train_split.text[captions].float(), "text")
+                state = self.model.shared(self.train_split.text_tokens(captions), "text")
         # the positive and the negative caption against the same images: only the map is needed
         attn_pos, attn_neg = self.model.cross_map(torch.cat([text.shared, state]), vision.hidden).chunk(2)
         local, delta = cla_loss(attn_pos[:, 1:], attn_neg[:, 1:], cla.beta, cla.top)  # CLS query excluded

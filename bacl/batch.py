@@ -9,20 +9,17 @@ import torch
 @dataclass
 class Batch:
     """This rank's rows of a global batch (all of it in a single process)."""
-    global_items: torch.Tensor  # [B] item indices of the whole global batch
-    rows: slice  # this rank's rows of it
-    captions: torch.Tensor  # [b] the caption drawn for each local item
+    items: torch.Tensor  # [b] item indices of this rank's rows
+    rows: slice  # this rank's rows of the global batch
+    global_size: int  # B: rows of the global batch over all ranks
+    captions: torch.Tensor  # [b] the caption of each local item
     vision: torch.Tensor  # [b, Lv, dv]
     text: torch.Tensor  # [b, Lt, dt]
 
-    @property
-    def items(self) -> torch.Tensor:
-        return self.global_items[self.rows]
-
     def draw(self, shape_tail: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
         """Uniform noise for the global batch, sliced: ranks draw exactly what one process would."""
-        noise = torch.rand((self.global_items.shape[0], *shape_tail), generator=generator)
-        return noise[self.rows].to(self.global_items.device)
+        noise = torch.rand((self.global_size, *shape_tail), generator=generator)
+        return noise[self.rows].to(self.items.device)
 
 
 @dataclass

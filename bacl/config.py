@@ -55,6 +55,18 @@ class PoolConfig:
 
 
 @dataclass
+class StreamConfig:
+    """Training read shard by shard from the feature store (bacl/data/stream.py), for splits beyond memory."""
+    enabled: bool = False  # false: the whole training split is loaded (fine up to a few million pairs)
+    buffer_size: int = 8192  # shuffle buffer per reader (caption ids)
+    # S: the global batch is S readers' batches of batch_size / S rows; rank r of w runs S / w of them.
+    # 0: one per rank (then batches depend on the world size); fix it to compare runs across world sizes.
+    readers: int = 0
+    open_shards: int = neutral(64)  # shards kept memory-mapped per process
+    prefetch: bool = neutral(True)  # read the next batch in a thread while this one trains
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 10  # the paper trains 10 epochs
     batch_size: int = 128
@@ -67,6 +79,7 @@ class TrainConfig:
     device: str = "cpu"  # cpu, cuda or cuda:N; a CUDA device must be visible where the run runs (Trainer.build)
     amp: bool = True  # bf16 autocast of the training step on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile the model's encode / cross-map paths (dynamic shapes)
+    stream: StreamConfig = field(default_factory=StreamConfig)
 
 
 @dataclass
@@ -167,6 +180,9 @@ def _validate_common(cfg: DictConfig) -> None:
     require(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, ">= 0 (0 disables clipping)")
     require(t.checkpoint_every > 0, "train.checkpoint_every", t.checkpoint_every, "> 0")
     require(t.threads >= 0, "train.threads", t.threads, ">= 0")
+    require(t.stream.buffer_size >= 1, "train.stream.buffer_size", t.stream.buffer_size, ">= 1")
+    require(t.stream.readers >= 0, "train.stream.readers", t.stream.readers, ">= 0 (0: one reader per rank)")
+    require(t.stream.open_shards >= 1, "train.stream.open_shards", t.stream.open_shards, ">= 1")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", t.device):
         raise ConfigError(f"train.device={t.device!r} is not a device: expected cpu, cuda or cuda:N (N a GPU index)")
     m = cfg.model

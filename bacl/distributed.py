@@ -1,11 +1,13 @@
 """Data parallelism: one global batch split into contiguous per-rank slices.
 
 The contrastive loss follows open_clip's `ClipLoss(local_loss=True, gather_with_grad=True)`:
-each rank scores its own rows against the gathered global batch, and the all-gather
-passes gradients back to the rank that owns each feature. With gradients averaged over
-ranks this equals the single-process gradient of the global-batch loss. Random draws
-(captions, negatives, Gumbel noise) are made for the whole global batch on every rank and
-sliced, so every rank consumes its generator exactly like a single process would.
+each rank scores its own rows against the gathered global batch, and
+`torch.distributed.nn.functional.all_gather` passes gradients back to the rank that owns each
+feature. `DistributedDataParallel` (the trainer wraps the method in it) averages gradients over
+ranks in buckets, overlapped with the backward; with equal slices this equals the
+single-process gradient of the global-batch loss. Random draws (captions, negatives, Gumbel
+noise) are made for the whole global batch on every rank and sliced, so every rank consumes
+its generator exactly like a single process would.
 """
 from __future__ import annotations
 
@@ -14,24 +16,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 
 from bacl.errors import ConfigError
-
-
-class _GatherWithGrad(torch.autograd.Function):
-    """all_gather forward; backward sums every rank's gradient and returns this rank's slice."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts, dim=0)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
-        return grad.chunk(dist.get_world_size(), dim=0)[dist.get_rank()]
 
 
 @dataclass(frozen=True)
@@ -53,7 +40,7 @@ class World:
         """Concatenate every rank's `x` along dim 0, keeping the gradient path to each owner."""
         if self.size == 1:
             return x
-        return _GatherWithGrad.apply(x)
+        return torch.cat(dist_nn.all_gather(x.contiguous()), dim=0)
 
     def mean(self, x: torch.Tensor) -> torch.Tensor:
         """Detached mean over ranks (for logging and for agreeing on a stop)."""
@@ -63,14 +50,13 @@ class World:
         dist.all_reduce(x)
         return x / self.size
 
-    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+    def gather_objects(self, obj: object) -> list:
+        """Every rank's picklable `obj`, in rank order (small things: stream positions)."""
         if self.size == 1:
-            return
-        for p in params:
-            if p.grad is None:  # unused this step on every rank alike: keep it None, as one process would
-                continue
-            dist.all_reduce(p.grad)
-            p.grad /= self.size
+            return [obj]
+        out: list = [None] * self.size
+        dist.all_gather_object(out, obj)
+        return out
 
     def barrier(self) -> None:
         if self.size > 1:

@@ -33,6 +33,8 @@ from bacl.registry import METHODS
 from bacl.rng import Generators, stream_seed
 from bacl.sampler import boundary_scores, gumbel
 
+BANK_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
 
 @dataclass
 class MethodConfig:
@@ -45,6 +47,7 @@ class MethodConfig:
     negative_grad: bool = False  # backpropagate through the pool negatives' text pass (False: one forward each)
     bank_refresh_steps: int = 0  # bank rows not rewritten by training for this many steps are re-encoded; 0: an epoch
     itm_weight: float = 1.0  # weight of the match (ITM) loss on the method's own negatives; 0: no match head training
+    bank_dtype: str = "float32"  # the candidate-score bank's storage (host memory, sharded over ranks): or float16, bfloat16
 
 
 class Method(nn.Module):
@@ -66,6 +69,7 @@ class Method(nn.Module):
         require(0 < cfg.init_temperature, "method.init_temperature", cfg.init_temperature, "> 0")
         require(cfg.bank_refresh_steps >= 0, "method.bank_refresh_steps", cfg.bank_refresh_steps, ">= 0")
         require(cfg.itm_weight >= 0, "method.itm_weight", cfg.itm_weight, ">= 0")
+        require(cfg.bank_dtype in BANK_DTYPES, "method.bank_dtype", cfg.bank_dtype, " or ".join(BANK_DTYPES))
 
     def __init__(self, cfg, model: AlignmentModel, train: FeatureSplit, pool: torch.Tensor, seed: int,
                  refresh_every: int, world: World = World()):
@@ -81,16 +85,24 @@ class Method(nn.Module):
         self.pool = pool
         self.model.logit_scale.requires_grad_(cfg.learn_temperature)
         self.rng = Generators(seed, ("captions", "negatives", "gumbel", "itm"))
-        self.bank = (EmbeddingBank(train.n_texts, model.head["text"].out_features, refresh_every)
+        self.bank = (EmbeddingBank(train.n_texts, model.head["text"].out_features, refresh_every, world,
+                                   BANK_DTYPES[cfg.bank_dtype])
                      if cfg.negatives in self.SCORED else None)  # only scored negatives need it
 
     def batch(self, global_items: torch.Tensor) -> Batch:
         """This rank's rows of a global batch of items, each with a randomly drawn caption."""
         split, rows = self.train_split, self.world.rows(global_items.shape[0])
-        global_items = global_items.to(split.vision.device)
-        captions = split.random_caption(global_items, self.rng["captions"])[rows]
-        items = global_items[rows]
-        return Batch(global_items, rows, captions, split.vision[items].float(), split.text[captions].float())
+        items = global_items[rows].to(split.device)
+        captions = split.caption_at(items, torch.rand(global_items.shape, generator=self.rng["captions"])[rows])
+        return Batch(items, rows, global_items.shape[0], captions, split.vision_tokens(items),
+                     split.text_tokens(captions))
+
+    def stream_batch(self, captions: torch.Tensor, items: torch.Tensor, vision: torch.Tensor, text: torch.Tensor,
+                     global_size: int) -> Batch:
+        """This rank's rows of a global batch read from a stream: caption rows with their items' features."""
+        device = self.train_split.device
+        return Batch(items.to(device), self.world.rows(global_size), global_size, captions.to(device),
+                     vision.to(device).float(), text.to(device).float())
 
     # ---- hooks -------------------------------------------------------------------------
     def select_negatives(self, batch: Batch, img: torch.Tensor, txt: torch.Tensor, step: int,
@@ -104,7 +116,7 @@ class Method(nn.Module):
         if self.cfg.negatives == "uniform":
             pick = batch.draw(candidates.shape[1:], self.rng["negatives"]).argsort(dim=1)[:, :m]
             return Negatives(torch.gather(candidates, 1, pick), None), {}
-        scores = self.candidate_scores(img, txt, candidates, step)
+        scores, _ = self.candidate_scores(img, txt, candidates, step)
         top = scores.topk(m, dim=1)
         return Negatives(torch.gather(candidates, 1, top.indices), top.values, hardest=candidates.gather(
             1, top.indices[:, :1]).squeeze(1)), {}
@@ -124,8 +136,8 @@ class Method(nn.Module):
     # ---- shared machinery ----------------------------------------------------------------
     def candidates(self, batch: Batch) -> torch.Tensor:
         """[b, k] one random caption of each FAISS candidate item of each local anchor."""
-        drawn = self.train_split.random_caption(self.pool[batch.global_items], self.rng["negatives"])
-        return drawn[batch.rows]
+        candidates = self.pool[batch.items].to(batch.items.device)
+        return self.train_split.caption_at(candidates, batch.draw(candidates.shape[1:], self.rng["negatives"]))
 
     def uniform_data_captions(self, batch: Batch, m: int) -> torch.Tensor:
         """[b, m] captions of items drawn uniformly from the whole training set, the anchor's own excluded.
@@ -133,10 +145,9 @@ class Method(nn.Module):
         Theorem 4.2's uniform sampling is over the data, not over a FAISS pool of neighbours.
         """
         n = self.train_split.n_items
-        u = torch.rand((batch.global_items.shape[0], m), generator=self.rng["negatives"]).to(batch.global_items.device)
-        other = (u * (n - 1)).long().clamp_max(n - 2)
-        items = other + (other >= batch.global_items[:, None]).long()  # skip the anchor's own index
-        return self.train_split.random_caption(items, self.rng["negatives"])[batch.rows]
+        other = (batch.draw((m,), self.rng["negatives"]) * (n - 1)).long().clamp_max(n - 2)
+        items = other + (other >= batch.items[:, None]).long()  # skip the anchor's own index
+        return self.train_split.caption_at(items, batch.draw((m,), self.rng["negatives"]))
 
     @property
     def reranks(self) -> bool:
@@ -153,7 +164,7 @@ class Method(nn.Module):
         attributes = self.train_split.attributes
         if attributes is None:
             return None
-        negative_items = self.train_split.text_item[negatives.captions]  # [b, m]
+        negative_items = self.train_split.item_of(negatives.captions)  # [b, m]
         differing = (attributes[negative_items] != attributes[batch.items][:, None]).sum(dim=-1)
         return (differing == 1).float().mean()
 
@@ -178,7 +189,7 @@ class Method(nn.Module):
             if own_negative is None or not self.cfg.negative_grad:
                 # with gradient whatever `negative_grad` says: if only the positive caption's state could move,
                 # the cheapest way to lower the loss is to make every caption "match" (it collapsed the model)
-                own_negative = self.model.shared(self.train_split.text[captions].float(), "text")
+                own_negative = self.model.shared(self.train_split.text_tokens(captions), "text")
             states.append(own_negative)
         match, _ = self.model.cross(torch.cat(states), vision.hidden.repeat(len(states), 1, 1))
         target = torch.zeros_like(match)
@@ -186,11 +197,14 @@ class Method(nn.Module):
         return {"itm_loss": self.cfg.itm_weight * F.binary_cross_entropy_with_logits(match, target)}
 
     def candidate_scores(self, img: torch.Tensor, txt: torch.Tensor, candidates: torch.Tensor,
-                         step: int) -> torch.Tensor:
-        """Boundary scores of [b, k] candidate captions, from the bank (refreshed when due)."""
+                         step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """([b, k] boundary scores, [b, k, D] banked embeddings) of candidate captions (the bank refreshed when due).
+
+        One bank lookup a step: with several ranks it is a collective exchange of rows between their owners."""
         if self.bank.due(step):
-            self.bank.refresh(step, self.train_split.text, lambda t: self.model.encode(t, "text").embedding)
-        return boundary_scores(img.detach(), txt.detach(), self.bank.lookup(candidates))
+            self.bank.refresh(step, self.train_split.text_tokens, lambda t: self.model.encode(t, "text").embedding)
+        banked = self.bank.lookup(candidates)
+        return boundary_scores(img.detach(), txt.detach(), banked), banked
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -218,7 +232,7 @@ class Method(nn.Module):
         if negatives is not None and self.cfg.negatives_in_contrast:
             b, m = negatives.captions.shape
             with torch.set_grad_enabled(self.cfg.negative_grad):
-                encoded = self.model.encode(self.train_split.text[negatives.captions.flatten()].float(), "text")
+                encoded = self.model.encode(self.train_split.text_tokens(negatives.captions.flatten()), "text")
             neg = encoded.embedding.view(b, m, -1)
             negatives.scores = boundary_scores(img, txt, neg).detach()
             negatives.shared = encoded.shared.view(b, m, *encoded.shared.shape[1:])

@@ -171,8 +171,8 @@ class AlignmentModel(nn.Module):
 def build_model(cfg, split: FeatureSplit, init_temperature: float) -> AlignmentModel:
     """The model of `cfg` (the run's `model` section) for a split's token shapes; consumes torch's global RNG."""
     return AlignmentModel(
-        vision_dim=split.vision.shape[-1], text_dim=split.text.shape[-1],
-        vision_tokens=split.vision.shape[1], text_tokens=split.text.shape[1],
+        vision_dim=split.vision_shape[1], text_dim=split.text_shape[1],
+        vision_tokens=split.vision_shape[0], text_tokens=split.text_shape[0],
         width=cfg.width, layers=cfg.layers, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
         dropout=cfg.dropout, cross_layers=cfg.cross_layers, init_temperature=init_temperature,
     )

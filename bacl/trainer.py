@@ -36,6 +36,7 @@ No result lost, no run done twice:
 """
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import signal
@@ -53,12 +54,15 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from bacl.attention_example import ATTENTION_EXAMPLE, write_attention_example
 from bacl.batch import Batch
 from bacl.config import run_id, to_container
 from bacl.data.split import FeatureSplit
+from bacl.data.store import PoolTable
+from bacl.data.stream import StreamedSplit, StreamLoader
 from bacl.distributed import init_from_env
 from bacl.errors import ConfigError
 from bacl.evaluate import evaluate
@@ -139,11 +143,11 @@ def _interruption(err: BaseException, step: int) -> str:
     return f"stopped at step {step} by {cause}; run it again to resume from last.pt"
 
 
-def _checkpoint_problem(state, total_steps: int) -> str | None:
+def _checkpoint_problem(state, total_steps: int, streamed: bool) -> str | None:
     """Why a loaded last.pt is not a checkpoint of this run, or None."""
     if not isinstance(state, dict):
         return f"holds a {type(state).__name__}, not a checkpoint dict"
-    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    missing = [k for k in (*CHECKPOINT_KEYS, *(("stream",) if streamed else ())) if k not in state]
     if missing:
         return f"lacks {', '.join(missing)}"
     if not isinstance(state["step"], int) or not 0 <= state["step"] <= total_steps:
@@ -206,20 +210,44 @@ class Trainer:
         self.device = torch.device(cfg.train.device)
         self.world = init_from_env(cfg.train.device)
         self.dataset = DATASETS.entry(cfg.dataset.name).load()(cfg.dataset)
-        self.setup(self.dataset.train, self.dataset.test, self.dataset.candidate_pool(cfg.pool))
+        streamed = cfg.train.stream.enabled
+        train = self.dataset.streamed_train(cfg.train.stream) if streamed else self.dataset.train
+        self.setup(train, self.dataset.test, self.dataset.candidate_pool(cfg.pool, streamed=streamed))
 
-    def setup(self, train: FeatureSplit, test: FeatureSplit, pool: torch.Tensor) -> None:
+    def setup(self, train: FeatureSplit | StreamedSplit, test: FeatureSplit, pool: torch.Tensor | PoolTable) -> None:
         """Model, method and optimizer for given splits and [N, k] pool (benchmarks call this directly)."""
         cfg = self.cfg
         self.train_split, self.test_split = train.to(self.device), test.to(self.device)
         self.batch_size = min(cfg.train.batch_size, train.n_items)
         self.world.rows(self.batch_size)  # a batch the ranks cannot split evenly fails here
-        self.steps_per_epoch = train.n_items // self.batch_size
-        self.total_steps = self.steps_per_epoch * cfg.train.epochs
+        self.loader: StreamLoader | None = None
+        if isinstance(train, StreamedSplit):
+            s = cfg.train.stream
+            self.loader = StreamLoader(train.index, self.batch_size, s.readers or self.world.size, s.buffer_size,
+                                       cfg.seed, self.world, s.prefetch)
+            self.epoch_steps = [self.loader.steps(e) for e in range(cfg.train.epochs)]
+            if min(self.epoch_steps) == 0:
+                raise ConfigError(f"train.batch_size={self.batch_size}: some of the {self.loader.readers} stream "
+                                  f"readers hold fewer than batch_size / readers rows in an epoch; "
+                                  f"expected a smaller batch or fewer train.stream.readers")
+        else:
+            self.epoch_steps = [train.n_items // self.batch_size] * cfg.train.epochs
+        self.epoch_ends = [sum(self.epoch_steps[:e + 1]) for e in range(cfg.train.epochs)]
+        self.total_steps = self.epoch_ends[-1]
         self.method: Method = build_method(cfg, self.train_split, pool.to(self.device), self.world).to(self.device)
         if cfg.train.compile:
             for path in ("shared", "encode", "cross_map"):
                 setattr(self.method.model, path, torch.compile(getattr(self.method.model, path), dynamic=True))
+        # per-rank state (the bank's shard) is checkpointed by each rank beside last.pt
+        self.rank_keys = [k for k in self.method.state_dict() if k.startswith("bank.")] if self.world.size > 1 else []
+        self.forward: nn.Module = self.method
+        if self.world.size > 1:
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                self.method, [n for n, _ in self.method.named_buffers() if n.startswith("bank.")])
+            self.forward = DistributedDataParallel(
+                self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False,  # every rank computes the same buffers; the bank's are its own shard
+                find_unused_parameters=True)  # e.g. CLIP never uses the match head
         self.autocast = torch.autocast("cuda", torch.bfloat16, enabled=cfg.train.amp and self.device.type == "cuda")
         self.params = [p for p in self.method.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(decay_groups(self.method, cfg.train.weight_decay), lr=cfg.train.lr)
@@ -232,7 +260,8 @@ class Trainer:
 
     # ---- checkpoints ---------------------------------------------------------------------
     def state(self) -> dict:
-        return {
+        """The checkpoint; collective with several ranks (it gathers every stream reader's position)."""
+        state = {
             "step": self.step,
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -241,10 +270,26 @@ class Trainer:
             "epoch_sums": dict(self.epoch_sums),
             "records": list(self.records),  # epochs ended before this step (the module docstring)
         }
+        if self.loader is not None:
+            state["stream"] = {j: s for part in self.world.gather_objects(self.loader.state_dict())
+                               for j, s in part.items()}
+        return state
+
+    def rank_path(self, step: int) -> Path:
+        """This rank's part of the checkpoint at `step` (its bank shard), when ranks hold different state."""
+        return self.run_dir / f"last.rank{self.world.rank}-of{self.world.size}.step{step}.pt"
 
     def load(self, state: dict) -> None:
         self.step = state["step"]
+        if self.rank_keys:
+            path = self.rank_path(self.step)
+            if not path.exists():
+                raise ConfigError(f"{path.name} is missing: last.pt at step {self.step} was written by "
+                                  f"{self.world.size} ranks holding their own bank shard; resume with as many ranks")
+            state["method"].update(torch.load(path, weights_only=False))
         self.method.load_state_dict(state["method"])
+        if self.loader is not None:
+            self.loader.load_state_dict(state["stream"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
@@ -308,10 +353,22 @@ class Trainer:
                                 f"{', '.join(bad[:5])}{more}")
 
     def checkpoint(self) -> None:
-        """last.pt, once the updated state is checked finite: a bad update never replaces a good checkpoint."""
+        """last.pt, once the updated state is checked finite: a bad update never replaces a good checkpoint.
+
+        With per-rank state, each rank first writes its part for this step; rank 0's last.pt, written
+        after every part, is the commit point, and only then are the parts of older steps removed."""
         self._check_finite()
+        state = self.state()
+        if self.rank_keys:
+            save_checkpoint(self.rank_path(self.step), {k: state["method"].pop(k) for k in self.rank_keys})
+            self.world.barrier()
         if self.world.is_main:
-            save_checkpoint(self.run_dir / "last.pt", self.state())
+            save_checkpoint(self.run_dir / "last.pt", state)
+        if self.rank_keys:
+            self.world.barrier()
+            for old in self.run_dir.glob(f"last.rank{self.world.rank}-of{self.world.size}.step*.pt"):
+                if old != self.rank_path(self.step):
+                    old.unlink(missing_ok=True)
         self.checkpoint_step = self.step
 
     def read_checkpoint(self) -> dict | None:
@@ -322,7 +379,7 @@ class Trainer:
             return None
         try:
             state = torch.load(path, weights_only=False)
-            problem = _checkpoint_problem(state, self.total_steps)
+            problem = _checkpoint_problem(state, self.total_steps, self.loader is not None)
         except FileNotFoundError:  # moved aside by rank 0 meanwhile
             return None
         except Exception as err:  # torch raises many kinds for random bytes, a truncated or an empty file
@@ -340,17 +397,26 @@ class Trainer:
         gen = torch.Generator().manual_seed(stream_seed(self.cfg.seed, "epoch_order", epoch))
         return torch.randperm(self.train_split.n_items, generator=gen)
 
+    def batches(self, epoch: int, first: int) -> Iterator[Batch]:
+        """This rank's batches of steps first, first + 1, ... of `epoch`."""
+        if self.loader is not None:
+            for b in self.loader.batches(epoch, first):
+                yield self.method.stream_batch(b.ids, b.items, b.vision, b.text, self.batch_size)
+            return
+        order = self._epoch_order(epoch)
+        for i in range(first, self.epoch_steps[epoch]):
+            yield self.method.batch(order[i * self.batch_size:(i + 1) * self.batch_size])
+
     def backward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Loss of this rank's rows, gradients averaged over ranks; stops on a non-finite loss."""
+        """Loss of this rank's rows, gradients averaged over ranks (by DDP); stops on a non-finite loss."""
+        self.optimizer.zero_grad(set_to_none=True)
         with self.autocast:
-            out = self.method(batch, self.step, self.step / self.total_steps)
+            out = self.forward(batch, self.step, self.step / self.total_steps)
         loss = sum(v for k, v in out.items() if k.endswith("_loss"))
         if not torch.isfinite(self.world.mean(loss)):
             terms = {k: float(v.detach()) for k, v in out.items() if k.endswith("_loss")}
             raise NonFiniteLoss(f"non-finite loss at step {self.step}: {terms}")
-        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.world.average_gradients(self.params)
         return loss, out
 
     def train_step(self, batch: Batch) -> dict[str, float]:
@@ -374,6 +440,8 @@ class Trainer:
         try:
             return self._epochs(progress, tracker)
         finally:
+            if self.loader is not None:
+                self.loader.close()
             tracker.close()
             progress.close()
 
@@ -382,14 +450,13 @@ class Trainer:
         main = self.world.is_main
         metrics: dict[str, float] = {}
         # at an epoch's last step (a checkpoint there is written before the epoch's end), redo that end
-        first_epoch = max(self.step - 1, 0) // self.steps_per_epoch
+        first_epoch = bisect.bisect_right(self.epoch_ends, max(self.step - 1, 0))
         for epoch in range(first_epoch, cfg.train.epochs):
-            offset = self.step - epoch * self.steps_per_epoch
-            order = self._epoch_order(epoch)
+            offset = self.step - (self.epoch_ends[epoch] - self.epoch_steps[epoch])
             if offset == 0:
                 self.epoch_sums = defaultdict(float)
-            for i in range(offset, self.steps_per_epoch):
-                stats = self.train_step(self.method.batch(order[i * self.batch_size:(i + 1) * self.batch_size]))
+            for batch in self.batches(epoch, offset):
+                stats = self.train_step(batch)
                 for k, v in stats.items():
                     self.epoch_sums[k] += v
                 progress.update(1)
@@ -399,7 +466,7 @@ class Trainer:
                     self.checkpoint()  # before this epoch's end below: a resume from it redoes that end
             record = {"epoch": epoch + 1, "step": self.step, "progress": self.step / self.total_steps,
                       "lr": self.scheduler.get_last_lr()[0],
-                      "train": {k: v / self.steps_per_epoch for k, v in self.epoch_sums.items()}}
+                      "train": {k: v / self.epoch_steps[epoch] for k, v in self.epoch_sums.items()}}
             last_epoch = self.step == self.total_steps
             if main and (last_epoch or (epoch + 1) % cfg.eval.every_epochs == 0):
                 metrics = evaluate(self.method.model, self.test_split, cfg.eval.ks, self.dataset.extra_metrics,

@@ -52,7 +52,7 @@ def waterfall(shape: Shape, dev: str, reps: int) -> dict:
         r.update(vs_clip=r["total_s"] / rows[0]["total_s"], activation_bytes=saved_activation_bytes(bench),
                  peak_bytes=peak_step_bytes(bench, dev))
         r["activations_vs_clip"] = r["activation_bytes"] / rows[0]["activation_bytes"]
-    bank = trainers["bacl"].trainer.method.bank.embeddings
+    bank = trainers["bacl"].trainer.method.bank.shard
     return {"shape": asdict(shape), "items": trainers["clip"].trainer.train_split.n_items, "rows": rows,
             "bank_bytes_per_caption": bank.shape[1] * bank.element_size()}
 

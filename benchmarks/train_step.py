@@ -120,11 +120,11 @@ class Bench:
         bank, encode = method.bank, lambda t: method.model.encode(t, "text").embedding
         every = int(bank.written.max()) + bank.refresh_every  # makes every row stale
         start = time.perf_counter()
-        bank.refresh(every, self.trainer.train_split.text, encode)
+        bank.refresh(every, self.trainer.train_split.text_tokens, encode)
         sync(self.trainer.device)
         split = self.trainer.train_split
         stale = 1 - split.n_items / split.n_texts
-        return (time.perf_counter() - start) * stale / self.trainer.steps_per_epoch
+        return (time.perf_counter() - start) * stale / self.trainer.epoch_steps[0]
 
 
 def benches(methods: Iterable[str], shape: Shape, device: str, steps: int) -> dict[str, Bench]:

@@ -20,6 +20,7 @@ from bacl.config import load_config
 from bacl.data import fixtures, media
 from bacl.data.dedup import excluded_keys, find_test_duplicates
 from bacl.data.pool import candidate_pool, filter_signature, pool_counts
+from bacl.data.split import FeatureSplit
 from bacl.data.store import FeatureStore, StoreMissing, caption_hash
 from bacl.data.store_dataset import hash_split
 from bacl.data.vast27m import match_classification
@@ -432,3 +433,18 @@ def test_caption_hashes_are_added_to_shards_extracted_without_them(tmp_path):
     build_pool(cfg)
     assert np.array_equal(np.load(path), before)
     assert before[0] == caption_hash(fixtures._caption(0)) == caption_hash(f"  {fixtures._caption(0).upper()} ")
+
+
+@pytest.mark.parametrize("name", ["laion400m", "vast27m"])
+def test_a_streamed_run_trains_from_the_extracted_store_and_its_stored_pool(extracted, tmp_path, name):
+    """train.stream.enabled reads the store shard by shard and the pool memory-mapped: the whole split is never loaded."""
+    root, _, store = extracted[name]
+    trainer = Trainer(load_config(overrides(name, root, f"output_dir={tmp_path}", "train.stream.enabled=true")))
+    result = trainer.run()
+    assert result["status"] == "ok", result.get("error")
+    assert "train" not in {k for k, v in vars(trainer.dataset).items() if isinstance(v, FeatureSplit)}
+    assert result["data"]["train_items"] == store.counts()["train_items"] == trainer.train_split.n_items
+    assert type(trainer.method.pool).__name__ == "PoolTable"
+    missing = load_config(overrides(name, root, f"output_dir={tmp_path}", "train.stream.enabled=true", "pool.k=50"))
+    with pytest.raises(ConfigError, match="needs the vision pool stored"):
+        Trainer(missing).build()

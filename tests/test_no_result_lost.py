@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_resume import equal
 
 import bacl.results as results
 import bacl.trainer as trainer_module
@@ -58,11 +59,8 @@ def assert_same_run(run_dir: Path, expected: dict) -> None:
     assert got["attention"] == expected["attention"]
     a, b = got["method"], expected["method"]
     assert a.keys() == b.keys()
-    for key in a:
-        if torch.is_tensor(a[key]):
-            assert torch.equal(a[key], b[key]), key
-        else:  # the generators' extra state: a dict of tensors
-            assert a[key].keys() == b[key].keys() and all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    for key in a:  # tensors, and the extra states of the generators and the bank (dicts of tensors and numbers)
+        assert equal(a[key], b[key]), key
     assert not list(run_dir.glob(".*.tmp"))
 
 

@@ -7,6 +7,7 @@ import torch
 
 from bacl.data.pool import candidate_pool
 from bacl.data.split import FeatureSplit
+from bacl.errors import ConfigError
 from bacl.metrics import PairScores
 
 
@@ -16,9 +17,14 @@ class FeatureDataset:
     train: FeatureSplit
     test: FeatureSplit
 
-    def candidate_pool(self, pool: Any) -> torch.Tensor:
-        """[N_train, k] BNS candidates of each training item (the `pool` section of the run config)."""
+    def candidate_pool(self, pool: Any, streamed: bool = False) -> torch.Tensor:
+        """[N_train, k] BNS candidates of each training item (the `pool` section of the run config);
+        `streamed`: for a streamed run (a store may then hand out a memory-mapped table)."""
         return candidate_pool(self.train.pooled(pool.modality), pool.k, pool.index)
+
+    def streamed_train(self, stream: Any) -> Any:
+        """The training split as a `StreamedSplit` over a feature store (`train.stream`), for splits beyond memory."""
+        raise ConfigError(f"train.stream.enabled=true: dataset {type(self).__name__} has no feature store to stream")
 
     def extra_metrics(self, scores: PairScores) -> dict[str, float]:
         """Dataset-specific evaluation from the scores of (test item, test caption) index pairs."""

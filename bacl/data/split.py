@@ -42,11 +42,40 @@ class FeatureSplit:
     def n_texts(self) -> int:
         return self.text.shape[0]
 
+    @property
+    def device(self) -> torch.device:
+        return self.vision.device
+
+    @property
+    def vision_shape(self) -> tuple[int, int]:
+        """(tokens, dims) of an item."""
+        return self.vision.shape[1], self.vision.shape[2]
+
+    @property
+    def text_shape(self) -> tuple[int, int]:
+        return self.text.shape[1], self.text.shape[2]
+
     def random_caption(self, items: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """A uniformly drawn caption index for each item index (any shape)."""
-        u = torch.rand(items.shape, generator=generator).to(items.device)
+        return self.caption_at(items, torch.rand(items.shape, generator=generator))
+
+    def caption_at(self, items: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The caption of each item that uniform noise `u` in [0, 1) (same shape) picks among its captions."""
+        u = u.to(items.device)
         offset = (u * self._count[items]).long().clamp_max(self._count[items] - 1)
         return self._order[self._start[items] + offset]
+
+    # What a method reads (`StreamedSplit` answers the same from memory-mapped shards).
+    def vision_tokens(self, items: torch.Tensor) -> torch.Tensor:
+        """[..., Lv, dv] float32 item tokens of item indices."""
+        return self.vision[items].float()
+
+    def text_tokens(self, captions: torch.Tensor) -> torch.Tensor:
+        """[..., Lt, dt] float32 caption tokens of caption indices."""
+        return self.text[captions].float()
+
+    def item_of(self, captions: torch.Tensor) -> torch.Tensor:
+        return self.text_item[captions]
 
     def captions_padded(self) -> torch.Tensor:
         """[N, C] caption indices of each item (C = most captions of any item), -1 padded."""

@@ -16,6 +16,7 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,7 +26,9 @@ from omegaconf import OmegaConf
 from bacl.data.base import FeatureDataset
 from bacl.data.dedup import dedup_signature, excluded_keys
 from bacl.data.pool import CaptionSets, filter_signature, filtered_candidate_pool, pool_counts
-from bacl.data.store import FeatureStore, StoreMissing
+from bacl.data.split import FeatureSplit
+from bacl.data.store import FeatureStore, PoolTable, StoreMissing
+from bacl.data.stream import ShardIndex, StreamedSplit
 from bacl.encoders import EncoderConfig, validate_encoder
 from bacl.encoders.pretraining import overlap_warnings
 from bacl.errors import ConfigError, require
@@ -190,7 +193,6 @@ class StoreDataset(FeatureDataset):
         self.warnings = self.pretraining_warnings(cfg)
         for warning in self.warnings:
             log.warning("%s", warning)
-        self.train = self.store.split("train")
         try:
             self.test = self.store.split("test", excluded_keys(self.dedup))
         except StoreMissing:
@@ -205,18 +207,33 @@ class StoreDataset(FeatureDataset):
                 "close together: set dataset.dedup_threshold=1.0 with them") from None
         self.pool_counts: dict[str, Any] = {}
 
-    def candidate_pool(self, pool: Any) -> torch.Tensor:
+    @cached_property
+    def train(self) -> FeatureSplit:
+        """The whole training split in memory (a streamed run never reads it: `streamed_train`)."""
+        return self.store.split("train")
+
+    def streamed_train(self, stream: Any) -> StreamedSplit:
+        split = StreamedSplit(ShardIndex(self.store, "train", open_shards=stream.open_shards))
+        self.__dict__["train"] = split  # data_counts and the pool's counts read its sizes, not its arrays
+        return split
+
+    def candidate_pool(self, pool: Any, streamed: bool = False) -> torch.Tensor | PoolTable:
         """The pool extract.py stored, if built with this index, duplicate filter and k; else built now
         (not stored: concurrent training jobs must not race on the store). Either way without each
-        anchor's duplicates (pool.duplicate_threshold, pool.drop_same_caption), counted in data_counts."""
+        anchor's duplicates (pool.duplicate_threshold, pool.drop_same_caption), counted in data_counts.
+        A streamed run reads the stored table memory-mapped and never builds one (that needs the split)."""
         signature = filter_signature(pool.duplicate_threshold, pool.drop_same_caption)
-        stored = self.store.load_pool("train", pool.modality, pool.k, pool.index, signature)
+        stored = self.store.load_pool("train", pool.modality, pool.k, pool.index, signature, mmap=streamed)
         if stored is not None:
             candidates, meta = stored
+        elif streamed:
+            raise ConfigError(f"train.stream.enabled=true needs the {pool.modality} pool stored in {self.store.path} "
+                              f"with pool.k >= {pool.k}, this pool.index and duplicate filter: run bacl-extract with "
+                              f"the same pool.* overrides first (pool.out_of_core_parts=P builds it out of core)")
         else:
             log.info("no stored %s pool with k >= %d, this index and duplicate filter: building it", pool.modality, pool.k)
             candidates, meta = self.build_pool(self.store, self.train, pool)
-        self.pool_counts = pool_counts(meta, pool.k, self.train.n_items)
+        self.pool_counts = pool_counts(meta, pool.k, candidates.shape[0])
         return candidates
 
     @staticmethod

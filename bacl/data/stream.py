@@ -1,19 +1,30 @@
 """A feature-store split read as a stream: this rank's shards, a seeded shuffle buffer, memory-mapped rows.
 
-For splits too large for memory (LAION-400M's store is about 21 TB). A row is one caption with
-its item; caption ids are the split's caption order (`FeatureStore.split(...).text` rows), so
-ids agree with the pool and the bank. Every epoch permutes the shards (seed, epoch), rank r of
-w takes shards r, r + w, ... of that order, and its rows pass through a buffer of
-`buffer_size` ids, each draw replacing a random slot (webdataset's scheme). Only ids sit in
-the buffer; a batch's features are read from the memory-mapped shards when it is emitted, so
-memory is the buffer's ids, a few open shards and one batch, whatever the number of rows.
-`ShardStream.state_dict()` is the exact position (epoch, shard, row, buffer, generator): a
-stream restored from it yields the same remaining rows as one never stopped.
+For splits too large for memory (LAION-400M's store is about 21 TB). The stream's rows are
+items, each paired with one of its captions drawn per epoch, as the in-memory trainer does (an
+epoch sees every item once, and a batch never holds two captions of one item). Item and caption
+ids are the split's order (`FeatureStore.split(...)` rows), so ids agree with the pool and the
+bank. `ShardIndex` resolves ids through a few memory-mapped tables written once beside the
+store (caption -> its row and item, item -> its captions), so random access by id (pool
+negatives) never opens a shard's metadata. A `ShardStream` is one reader: every epoch permutes
+the shards (seed, epoch), reader j of S takes shards j, j + S, ... of that order, and its items
+pass through a buffer of `buffer_size` ids, each draw replacing a random slot (webdataset's
+scheme). Only ids sit in the buffer; features are read from the memory-mapped shards when a
+batch is fetched, so memory is the buffer's ids, a few open shards and one batch, whatever the
+number of rows. `StreamLoader` runs a rank's share of the S readers (S fixed by the config, not
+by the world size, so a run's batches do not depend on how many ranks share them) and reads the
+next batch in a thread while the current one trains.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+import threading
 from collections import OrderedDict
 from collections.abc import Collection, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +32,21 @@ import numpy as np
 import torch
 from numpy.lib.format import open_memmap
 
-from bacl.data.store import FeatureStore, block_concat, split_keep
+from bacl.data.store import FeatureStore, block_concat
+from bacl.distributed import World
 from bacl.errors import ConfigError, require
-from bacl.results import read_json
+from bacl.results import read_json, write_json
 from bacl.rng import stream_seed
+
+INDEX_VERSION = 1
+# name -> (length: "captions" | "items", dtype) of the tables ShardIndex memory-maps
+TABLES = {"caption_item": ("captions", np.int64),  # item id of each caption id
+          "caption_text_row": ("captions", np.int64),  # its row in its shard's text arrays
+          "caption_item_row": ("captions", np.int64),  # its item's row in the shard's item arrays
+          "item_row": ("items", np.int64),  # row of each item id in its shard's item arrays
+          "item_caption_start": ("items", np.int64),  # an item's captions: caption_by_item[start:start + count]
+          "item_caption_count": ("items", np.int64),
+          "caption_by_item": ("captions", np.int64)}  # caption ids sorted by item (stable)
 
 
 @dataclass
@@ -39,38 +61,90 @@ class StreamBatch:
 
 @dataclass
 class _OpenShard:
-    text_rows: np.ndarray  # [captions of the split in this shard] their rows in the shard's text arrays
-    item_rows: np.ndarray  # their item's row in the shard's item arrays
-    item_ids: np.ndarray  # their item's id in the split
     text: np.ndarray  # memory-mapped [m, Lt, dt]
     streams: list[np.ndarray]  # memory-mapped [n, L, d] per item stream
 
 
-class ShardIndex:
-    """Where every caption of a split lives: caption id -> (shard, row), and its features by id.
+def _index_dir(store: FeatureStore, split: str, exclude: frozenset[str]) -> Path:
+    blob = json.dumps(sorted(exclude)).encode()
+    name = f"{split}-{hashlib.sha256(blob).hexdigest()[:10]}"
+    home = store.path / "stream-index"
+    if os.access(store.path, os.W_OK):
+        return home / name
+    # a read-only shared store: a per-user cache keyed by the store's path
+    where = hashlib.sha256(str(store.path.resolve()).encode()).hexdigest()[:12]
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bacl" / "stream-index" / where / name
 
-    Ids are assigned shard by shard, so the id table is one offset per shard (searchsorted),
-    not one entry per row; a shard's row lists are read when it is opened. At most
+
+class ShardIndex:
+    """Where every caption and item of a split lives, and their features by id.
+
+    Ids are assigned shard by shard, so the shard of an id is one binary search over per-shard
+    offsets; rows within a shard come from memory-mapped tables built in one pass over the
+    shards' metadata and reused (rebuilt when the store's shard list changes). At most
     `open_shards` shards stay memory-mapped (their touched pages count as resident memory).
+    Safe to use from the loader thread and the training thread at once.
     """
 
-    def __init__(self, store: FeatureStore, split: str, exclude: Collection[str] = (), open_shards: int = 8):
+    def __init__(self, store: FeatureStore, split: str, exclude: Collection[str] = (), open_shards: int = 64):
         require(open_shards >= 1, "open_shards", open_shards, ">= 1")
-        self.split, self.open_shards = split, open_shards
-        self.exclude = exclude if isinstance(exclude, (set, frozenset)) else frozenset(exclude)
+        self.store, self.split, self.open_shards = store, split, open_shards
+        self.exclude = frozenset(exclude)
         self.streams: list[str] = store.manifest["streams"]
-        self.dirs: list[Path] = []
-        captions, items = [], []
-        for d, _, keep in store._rows(split, self.exclude):
-            text_item = np.load(d / "text_item.npy", mmap_mode="r")
-            self.dirs.append(d)
-            captions.append(int(keep[text_item].sum()) if text_item.size else 0)
-            items.append(int(keep.sum()))
-        if not self.dirs or sum(captions) == 0:
+        self.path = _index_dir(store, split, self.exclude)
+        meta = read_json(self.path / "index.json")
+        if meta is None or meta.get("version") != INDEX_VERSION or meta.get("shards") != store.manifest["shards"]:
+            meta = self._build()
+        self.dirs = [store.path / "shards" / name for name in meta["shard_dirs"]]
+        self.offsets = np.asarray(meta["caption_offsets"], dtype=np.int64)  # first caption id of each shard
+        self.item_offsets = np.asarray(meta["item_offsets"], dtype=np.int64)
+        if self.n_rows == 0:
             raise ConfigError(f"{store.path}: the {split} split has no captions to stream")
-        self.offsets = np.concatenate([[0], np.cumsum(captions)]).astype(np.int64)  # caption id offset per shard
-        self.item_offsets = np.concatenate([[0], np.cumsum(items)]).astype(np.int64)
+        self.tables = {name: np.load(self.path / f"{name}.npy", mmap_mode="r") for name in TABLES}
         self._open: OrderedDict[int, _OpenShard] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # ---- the tables ----------------------------------------------------------------------------
+    def _build(self) -> dict:
+        """Write the id tables in two passes over the shards' metadata (counts, then rows); atomic."""
+        shards = [(d, keep, np.load(d / "text_item.npy")) for d, _, keep in self.store._rows(self.split, self.exclude)]
+        captions = [int(keep[text_item].sum()) if text_item.size else 0 for _, keep, text_item in shards]
+        items = [int(keep.sum()) for _, keep, _ in shards]
+        offsets, item_offsets = np.cumsum([0, *captions]), np.cumsum([0, *items])
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        size = {"captions": int(offsets[-1]), "items": int(item_offsets[-1])}
+        out = {name: open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=(size[length],))
+               for name, (length, dtype) in TABLES.items()}
+        for s, (_, keep, text_item) in enumerate(shards):
+            c0, c1, i0, i1 = offsets[s], offsets[s + 1], item_offsets[s], item_offsets[s + 1]
+            text_rows = np.nonzero(keep[text_item])[0] if text_item.size else np.zeros(0, np.int64)
+            item_rows = text_item[text_rows]
+            local_item = (np.cumsum(keep) - 1)[item_rows]  # item id within this shard's kept items
+            out["caption_text_row"][c0:c1] = text_rows
+            out["caption_item_row"][c0:c1] = item_rows
+            out["caption_item"][c0:c1] = local_item + i0
+            out["item_row"][i0:i1] = np.nonzero(keep)[0]
+            counts = np.bincount(local_item, minlength=i1 - i0)
+            out["item_caption_count"][i0:i1] = counts
+            out["item_caption_start"][i0:i1] = c0 + np.cumsum(counts) - counts
+            out["caption_by_item"][c0:c1] = c0 + np.argsort(local_item, kind="stable")
+        for table in out.values():
+            table.flush()
+        del out
+        meta = {"version": INDEX_VERSION, "shards": self.store.manifest["shards"],
+                "shard_dirs": [d.name for d, _, _ in shards], "caption_offsets": offsets.tolist(),
+                "item_offsets": item_offsets.tolist()}
+        write_json(tmp / "index.json", meta)
+        try:
+            if self.path.exists():  # stale (the store changed): replace it
+                shutil.rmtree(self.path)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(tmp, self.path)
+        except OSError:  # another process renamed its identical tables first
+            shutil.rmtree(tmp, ignore_errors=True)
+        return meta
 
     @property
     def n_shards(self) -> int:
@@ -80,68 +154,146 @@ class ShardIndex:
     def n_rows(self) -> int:
         return int(self.offsets[-1])
 
+    @property
+    def n_items(self) -> int:
+        return int(self.item_offsets[-1])
+
     def rows_in(self, shard: int) -> int:
+        """Captions of the split in `shard`."""
         return int(self.offsets[shard + 1] - self.offsets[shard])
+
+    def items_in(self, shard: int) -> int:
+        return int(self.item_offsets[shard + 1] - self.item_offsets[shard])
+
+    def _check(self, ids: np.ndarray, count: int, what: str) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= count):
+            raise ConfigError(f"{what} ids must lie in [0, {count}), got {ids.min()}..{ids.max()}")
+        return ids
 
     def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(shard index, row in that shard's text arrays) of each caption id."""
-        ids = np.asarray(ids, dtype=np.int64)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.n_rows):
-            raise ConfigError(f"caption ids must lie in [0, {self.n_rows}), got {ids.min()}..{ids.max()}")
-        shard = np.searchsorted(self.offsets, ids, side="right") - 1
-        rows = np.empty_like(ids)
-        for s in np.unique(shard):
-            at = shard == s
-            rows[at] = self._shard(int(s)).text_rows[ids[at] - self.offsets[s]]
-        return shard, rows
+        ids = self._check(ids, self.n_rows, "caption")
+        return np.searchsorted(self.offsets, ids, side="right") - 1, self.tables["caption_text_row"][ids]
 
-    def fetch(self, ids: np.ndarray) -> StreamBatch:
-        """The features of arbitrary caption ids (a batch, or pool negatives), read from the memory maps."""
-        ids = np.asarray(ids, dtype=np.int64)
-        shard, _ = self.locate(ids)
-        items = np.empty_like(ids)
-        vision: np.ndarray | None = None
-        text: np.ndarray | None = None
-        for s in np.unique(shard):
-            at = np.nonzero(shard == s)[0]
-            open_shard = self._shard(int(s))
-            local = ids[at] - self.offsets[s]
-            rows_v = block_concat([t[open_shard.item_rows[local]] for t in open_shard.streams])
-            rows_t = open_shard.text[open_shard.text_rows[local]]
-            if vision is None or text is None:
-                vision = np.empty((ids.size, *rows_v.shape[1:]), dtype=np.float16)
-                text = np.empty((ids.size, *rows_t.shape[1:]), dtype=np.float16)
-            vision[at], text[at], items[at] = rows_v, rows_t, open_shard.item_ids[local]
-        if vision is None or text is None:
-            raise ConfigError("fetch needs at least one caption id")
+    def item_of(self, ids: np.ndarray) -> np.ndarray:
+        return self.tables["caption_item"][self._check(ids, self.n_rows, "caption")]
+
+    def caption_at(self, items: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """The caption of each item that uniform noise `u` in [0, 1) picks among its captions (FeatureSplit's rule)."""
+        items = self._check(items, self.n_items, "item")
+        count = self.tables["item_caption_count"][items]
+        offset = np.minimum((u.astype(np.float32) * count.astype(np.float32)).astype(np.int64), count - 1)
+        return self.tables["caption_by_item"][self.tables["item_caption_start"][items] + offset]
+
+    # ---- features ------------------------------------------------------------------------------
+    def _gather(self, shard_of: np.ndarray, read) -> np.ndarray:
+        """Rows of any number of shards into one array, in the order asked; `read(open_shard, at)` reads a shard's."""
+        out: np.ndarray | None = None
+        for s in np.unique(shard_of):
+            at = np.nonzero(shard_of == s)[0]
+            rows = read(self._shard(int(s)), at)
+            if out is None:
+                out = np.empty((shard_of.size, *rows.shape[1:]), dtype=np.float16)
+            out[at] = rows
+        if out is None:
+            raise ConfigError("fetching features needs at least one id")
+        return out
+
+    def text(self, ids: np.ndarray) -> np.ndarray:
+        """[n, Lt, dt] float16 caption tokens of caption ids (pool negatives)."""
+        shard, rows = self.locate(ids)
+        return self._gather(shard, lambda sh, at: sh.text[rows[at]])
+
+    def vision(self, items: np.ndarray) -> np.ndarray:
+        """[n, Lv, dv] float16 item tokens of item ids."""
+        items = self._check(items, self.n_items, "item")
+        shard, rows = np.searchsorted(self.item_offsets, items, side="right") - 1, self.tables["item_row"][items]
+        return self._gather(shard, lambda sh, at: block_concat([t[rows[at]] for t in sh.streams]))
+
+    def fetch(self, ids: np.ndarray, items: np.ndarray | None = None) -> StreamBatch:
+        """The features of caption ids and their items (or, given, other items), read from the memory maps."""
+        ids = self._check(ids, self.n_rows, "caption")
+        items = np.asarray(self.tables["caption_item"][ids] if items is None else items, dtype=np.int64)
         return StreamBatch(ids=torch.from_numpy(ids), items=torch.from_numpy(items),
-                           vision=torch.from_numpy(vision), text=torch.from_numpy(text))
+                           vision=torch.from_numpy(self.vision(items)), text=torch.from_numpy(self.text(ids)))
 
     def _shard(self, s: int) -> _OpenShard:
-        if s in self._open:
-            self._open.move_to_end(s)
-            return self._open[s]
-        d = self.dirs[s]
-        keep = split_keep(read_json(d / "items.json"), self.split, self.exclude)
-        text_item = np.load(d / "text_item.npy")
-        text_rows = np.nonzero(keep[text_item])[0]
-        item_rows = text_item[text_rows]
-        opened = _OpenShard(text_rows=text_rows, item_rows=item_rows,
-                            item_ids=(np.cumsum(keep) - 1 + self.item_offsets[s])[item_rows],
-                            text=open_memmap(d / "text.tokens.npy", mode="r"),
-                            streams=[open_memmap(d / f"{n}.tokens.npy", mode="r") for n in self.streams])
-        self._open[s] = opened
-        if len(self._open) > self.open_shards:
-            self._open.popitem(last=False)  # its memory maps close with their last reference
-        return opened
+        with self._lock:
+            if s in self._open:
+                self._open.move_to_end(s)
+                return self._open[s]
+            d = self.dirs[s]
+            opened = _OpenShard(text=open_memmap(d / "text.tokens.npy", mode="r"),
+                                streams=[open_memmap(d / f"{n}.tokens.npy", mode="r") for n in self.streams])
+            self._open[s] = opened
+            if len(self._open) > self.open_shards:
+                self._open.popitem(last=False)  # its memory maps close with their last reference
+            return opened
+
+
+class StreamedSplit:
+    """A training split read through a `ShardIndex`: what a method asks of `FeatureSplit`, without the arrays.
+
+    Anchors come from the stream (`StreamLoader`); this answers the random accesses: the caption
+    an item's noise picks, an id's item, and the tokens of pool negatives.
+    """
+
+    attributes = None  # ground truth only the in-memory synthetic split has
+
+    def __init__(self, index: ShardIndex, device: torch.device | str = "cpu"):
+        self.index, self._device = index, torch.device(device)
+
+    @property
+    def n_items(self) -> int:
+        return self.index.n_items
+
+    @property
+    def n_texts(self) -> int:
+        return self.index.n_rows
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def vision_shape(self) -> tuple[int, int]:
+        """(tokens, dims) of an item: its streams side by side, as `FeatureSplit.vision`."""
+        streams = self.index._shard(0).streams
+        return sum(t.shape[1] for t in streams), sum(t.shape[2] for t in streams)
+
+    @property
+    def text_shape(self) -> tuple[int, int]:
+        text = self.index._shard(0).text
+        return text.shape[1], text.shape[2]
+
+    def to(self, device: torch.device | str) -> StreamedSplit:
+        return StreamedSplit(self.index, device)
+
+    def caption_at(self, items: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        picked = self.index.caption_at(items.cpu().numpy(), u.cpu().numpy())
+        return torch.from_numpy(np.asarray(picked)).to(items.device)
+
+    def random_caption(self, items: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.caption_at(items, torch.rand(items.shape, generator=generator))
+
+    def item_of(self, captions: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.index.item_of(captions.cpu().numpy().ravel()))
+                                ).view(captions.shape).to(captions.device)
+
+    def text_tokens(self, captions: torch.Tensor) -> torch.Tensor:
+        tokens = self.index.text(captions.cpu().numpy().ravel())
+        return torch.from_numpy(tokens).view(*captions.shape, *tokens.shape[1:]).to(self._device).float()
+
+    def vision_tokens(self, items: torch.Tensor) -> torch.Tensor:
+        tokens = self.index.vision(items.cpu().numpy().ravel())
+        return torch.from_numpy(tokens).view(*items.shape, *tokens.shape[1:]).to(self._device).float()
 
 
 class ShardStream:
-    """This rank's captions of a split, epoch after epoch, as batches of ids or features.
+    """One reader's items of a split, epoch after epoch, as batches of ids or features.
 
-    Iterating yields the rest of the current epoch (the last batch may be short), then moves
-    to the next epoch. Draws are made per batch, so a position restored with
-    `load_state_dict` continues bit for bit.
+    Draws are made per batch, so a position restored with `load_state_dict` continues bit for bit.
     """
 
     def __init__(self, index: ShardIndex, batch_size: int, buffer_size: int, seed: int, rank: int = 0,
@@ -151,37 +303,41 @@ class ShardStream:
         require(world_size >= 1, "world_size", world_size, ">= 1")
         require(0 <= rank < world_size, "rank", rank, f"in [0, {world_size})")
         require(world_size <= index.n_shards, "world_size", world_size, f"<= {index.n_shards}, the split's shards "
-                "(a rank without a shard would have nothing to read)")
+                "(a reader without a shard would have nothing to read)")
         self.index, self.batch_size, self.buffer_size = index, batch_size, buffer_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self._start_epoch(0)
+        self.start_epoch(0)
 
     def shards(self, epoch: int) -> np.ndarray:
-        """This rank's shards in epoch `epoch`, in reading order: every r-th of the epoch's permutation."""
+        """This reader's shards in epoch `epoch`, in reading order: every S-th of the epoch's permutation."""
         order = np.random.default_rng(stream_seed(self.seed, "shard_order", epoch)).permutation(self.index.n_shards)
         return order[self.rank::self.world_size]
 
-    def _start_epoch(self, epoch: int) -> None:
+    def rows_in_epoch(self, epoch: int) -> int:
+        return sum(self.index.items_in(int(s)) for s in self.shards(epoch))
+
+    def start_epoch(self, epoch: int) -> None:
+        """Stand at the start of `epoch` (rows of the current epoch not yet read are dropped)."""
         self.epoch, self.shard_pos, self.row_pos = epoch, 0, 0
         self.buffer: list[int] = []
         self.rng = np.random.default_rng(stream_seed(self.seed, "shuffle_buffer", epoch, self.rank))
         self._shards = self.shards(epoch)
 
     def _read(self, n: int) -> list[int]:
-        """Up to n further caption ids of this rank's shards, in shard order (no draws)."""
+        """Up to n further item ids of this reader's shards, in shard order (no draws)."""
         ids: list[int] = []
         while len(ids) < n and self.shard_pos < len(self._shards):
             s = int(self._shards[self.shard_pos])
-            take = min(n - len(ids), self.index.rows_in(s) - self.row_pos)
-            start = int(self.index.offsets[s]) + self.row_pos
+            take = min(n - len(ids), self.index.items_in(s) - self.row_pos)
+            start = int(self.index.item_offsets[s]) + self.row_pos
             ids.extend(range(start, start + take))
             self.row_pos += take
-            if self.row_pos == self.index.rows_in(s):
+            if self.row_pos == self.index.items_in(s):
                 self.shard_pos, self.row_pos = self.shard_pos + 1, 0
         return ids
 
-    def _next_ids(self) -> list[int]:
-        """The next batch of this epoch ([] at its end): each incoming id replaces a random buffer slot's."""
+    def next_ids(self) -> np.ndarray:
+        """The next batch of this epoch (short at its end, empty after it): each incoming id replaces a random slot's."""
         out: list[int] = []
         while len(out) < self.batch_size:
             want = self.batch_size - len(out)
@@ -199,29 +355,121 @@ class ShardStream:
                     self.buffer.pop()
             else:
                 break
-        return out
+        return np.asarray(out, dtype=np.int64)
+
+    def next_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(item ids, a caption of each) of the next batch; the caption draw comes from this reader's generator."""
+        items = self.next_ids()
+        return items, self.index.caption_at(items, self.rng.random(items.size, dtype=np.float32))
 
     def epoch_ids(self) -> Iterator[np.ndarray]:
-        """The remaining batches of caption ids of the current epoch; then the stream stands at the next epoch."""
-        while ids := self._next_ids():
-            yield np.asarray(ids, dtype=np.int64)
-        self._start_epoch(self.epoch + 1)
+        """The remaining batches of item ids of the current epoch; then the stream stands at the next epoch."""
+        while (ids := self.next_ids()).size:
+            yield ids
+        self.start_epoch(self.epoch + 1)
 
     def __iter__(self) -> Iterator[StreamBatch]:
-        return (self.index.fetch(ids) for ids in self.epoch_ids())
+        """The remaining batches of the current epoch with features, each item with a drawn caption."""
+        while (pair := self.next_pairs())[0].size:
+            yield self.index.fetch(pair[1], pair[0])
+        self.start_epoch(self.epoch + 1)
 
-    def state_dict(self) -> dict:
-        """The position after the last batch handed out: small (buffer_size ids), torch.load(weights_only)-safe."""
-        return {"seed": self.seed, "rank": self.rank, "world_size": self.world_size, "epoch": self.epoch,
-                "shard_pos": self.shard_pos, "row_pos": self.row_pos,
-                "buffer": torch.tensor(self.buffer, dtype=torch.int64), "rng": self.rng.bit_generator.state}
+    def position(self) -> tuple:
+        """A cheap snapshot of the position (state_dict turns one into the checkpointable form)."""
+        return self.epoch, self.shard_pos, self.row_pos, list(self.buffer), self.rng.bit_generator.state
+
+    def state_dict(self, position: tuple | None = None) -> dict:
+        """The position after the last batch handed out (or a `position()` snapshot): small, weights_only-safe."""
+        epoch, shard_pos, row_pos, buffer, rng = position or self.position()
+        return {"seed": self.seed, "rank": self.rank, "world_size": self.world_size, "epoch": epoch,
+                "shard_pos": shard_pos, "row_pos": row_pos,
+                "buffer": torch.tensor(buffer, dtype=torch.int64), "rng": rng}
 
     def load_state_dict(self, state: dict) -> None:
         mine = {"seed": self.seed, "rank": self.rank, "world_size": self.world_size}
         theirs = {k: state[k] for k in mine}
         if theirs != mine:
             raise ConfigError(f"stream position saved for {theirs}, this stream is {mine}")
-        self._start_epoch(int(state["epoch"]))
+        self.start_epoch(int(state["epoch"]))
         self.shard_pos, self.row_pos = int(state["shard_pos"]), int(state["row_pos"])
         self.buffer = state["buffer"].tolist()
         self.rng.bit_generator.state = state["rng"]
+
+
+class StreamLoader:
+    """This rank's share of a streamed global batch, epoch by epoch, with the next batch read ahead.
+
+    The global batch of B rows is S readers' batches of B / S rows, in reader order; rank r of w
+    runs readers r·S/w ... (r+1)·S/w - 1, so its rows are exactly its slice of the global batch
+    whatever w is (S must be a multiple of w). Every reader gets the same number of steps in an
+    epoch: the fewest whole batches any reader's shards hold that epoch (the rest of the others'
+    rows are dropped for that epoch, like a sampler's drop_last), known before reading from the
+    shard sizes alone, so every rank agrees on it without communicating.
+    """
+
+    def __init__(self, index: ShardIndex, global_batch: int, readers: int, buffer_size: int, seed: int,
+                 world: World, prefetch: bool = True):
+        require(readers >= 1 and readers % world.size == 0, "train.stream.readers", readers,
+                f"a positive multiple of the {world.size} ranks")
+        require(global_batch % readers == 0, "train.batch_size", global_batch,
+                f"divisible by train.stream.readers={readers}")
+        per_reader = global_batch // readers
+        mine = range(world.rank * readers // world.size, (world.rank + 1) * readers // world.size)
+        self.index, self.global_batch, self.readers = index, global_batch, readers
+        self.streams = {j: ShardStream(index, per_reader, buffer_size, seed, j, readers) for j in mine}
+        self.all_readers = [ShardStream(index, per_reader, 1, seed, j, readers) for j in range(readers)]  # sizes only
+        self._positions: dict[int, tuple] = {}
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="stream") if prefetch else None
+
+    def steps(self, epoch: int) -> int:
+        """Steps of `epoch`: the fewest whole reader batches any of the S readers holds."""
+        return min(r.rows_in_epoch(epoch) // r.batch_size for r in self.all_readers)
+
+    def _draw(self) -> tuple[tuple[np.ndarray, np.ndarray], dict[int, tuple]]:
+        items, captions = zip(*(s.next_pairs() for s in self.streams.values()))
+        return (np.concatenate(captions), np.concatenate(items)), {j: s.position() for j, s in self.streams.items()}
+
+    def _fetch(self, pairs: tuple[np.ndarray, np.ndarray]) -> Future | StreamBatch:
+        return self._pool.submit(self.index.fetch, *pairs) if self._pool else self.index.fetch(*pairs)
+
+    def batches(self, epoch: int, first_step: int) -> Iterator[StreamBatch]:
+        """This rank's batches of steps first_step ... of `epoch`; at step 0 the readers start the epoch,
+        else they stand where `load_state_dict` put them (a checkpoint after step first_step - 1)."""
+        if first_step == 0:
+            for s in self.streams.values():
+                s.start_epoch(epoch)
+        elif any(s.epoch != epoch for s in self.streams.values()):
+            raise ConfigError(f"the stream stands in epoch {next(iter(self.streams.values())).epoch}, "
+                              f"not at step {first_step} of epoch {epoch}: load the checkpoint's stream position")
+        n = self.steps(epoch)
+        if first_step >= n:
+            return
+        ids, position = self._draw()
+        pending = self._fetch(ids)
+        for i in range(first_step, n):
+            batch = pending.result() if isinstance(pending, Future) else pending
+            self._positions = position  # the position after the batch about to be handed out
+            if i + 1 < n:
+                ids, position = self._draw()
+                pending = self._fetch(ids)
+            if batch.ids.numel() != self.global_batch // self.readers * len(self.streams):
+                raise RuntimeError(f"a reader ran dry at step {i} of epoch {epoch}: the shard sizes changed")
+            yield batch
+
+    def state_dict(self) -> dict[int, dict]:
+        """Reader j -> its position after the last batch handed out (the read-ahead batch is not counted)."""
+        return {j: s.state_dict(self._positions.get(j)) for j, s in self.streams.items()}
+
+    def load_state_dict(self, states: dict[int, dict]) -> None:
+        """Restore this rank's readers from the positions of all readers (a checkpoint holds every rank's)."""
+        missing = [j for j in self.streams if j not in states]
+        if missing:
+            raise ConfigError(f"the checkpoint's stream positions lack readers {missing}: "
+                              f"resume with the same train.stream.readers")
+        for j, s in self.streams.items():
+            s.load_state_dict(states[j])
+        self._positions = {}
+
+    def close(self) -> None:
+        if self._pool:
+            self._pool.shutdown(wait=True)

@@ -16,13 +16,23 @@ Everything is drawn from `dataset.seed`, so the world is fixed across training s
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
 
+import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from bacl.data.base import FeatureDataset
 from bacl.data.split import FeatureSplit
+from bacl.data.store import FeatureStore, ShardArrays
+from bacl.data.stream import ShardIndex, StreamedSplit
 from bacl.errors import require
+from bacl.neutral import neutral, without_neutral
 
 
 @dataclass
@@ -42,6 +52,8 @@ class SyntheticConfig:
     captions_per_item: int = 2
     vision_dim: int = 48
     text_dim: int = 32
+    stream_shard_items: int = 100  # items per shard of the store that train.stream.enabled reads
+    store: Optional[str] = neutral()  # where that store is written; null: a per-user cache keyed by this config
 
 
 def group_size(cfg: SyntheticConfig) -> int:
@@ -70,6 +82,7 @@ class SyntheticDataset(FeatureDataset):
         require(cfg.distractor_tokens >= 0, "dataset.distractor_tokens", cfg.distractor_tokens, ">= 0")
         require(cfg.captions_per_item >= 1, "dataset.captions_per_item", cfg.captions_per_item, ">= 1")
         require(cfg.vision_dim > 0 and cfg.text_dim > 0, "dataset.vision_dim", cfg.vision_dim, "> 0")
+        require(cfg.stream_shard_items >= 1, "dataset.stream_shard_items", cfg.stream_shard_items, ">= 1")
 
     def __init__(self, cfg: SyntheticConfig):
         self.cfg = cfg
@@ -85,6 +98,40 @@ class SyntheticDataset(FeatureDataset):
         self.token_of_attribute = {m: torch.randperm(n_tokens, generator=gen)[:a] for m in ("vision", "text")}
         self.train = self._split(self._items(cfg.n_train, gen), gen)
         self.test = self._split(self._items(cfg.n_test, gen), gen)
+
+    def streamed_train(self, stream: Any) -> StreamedSplit:
+        """The training split written once as a feature store (float16, `stream_shard_items` items a shard) and
+        streamed from it: item and caption ids equal the in-memory split's, so the pool applies unchanged."""
+        store = self.write_store(self.store_path())
+        return StreamedSplit(ShardIndex(store, "train", open_shards=stream.open_shards))
+
+    def world_config(self) -> dict:
+        """The config that determines the data (the store's identity): no result-neutral field."""
+        data = OmegaConf.to_container(self.cfg) if OmegaConf.is_config(self.cfg) else asdict(self.cfg)
+        return without_neutral(data, SyntheticConfig)
+
+    def store_path(self) -> Path:
+        if self.cfg.store:
+            return Path(self.cfg.store).expanduser()
+        blob = json.dumps(self.world_config(), sort_keys=True)
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        return cache / "bacl" / "synthetic-store" / hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def write_store(self, path: Path) -> FeatureStore:
+        """The training split as a feature store at `path` (shards already written are kept)."""
+        train, k = self.train, self.cfg.stream_shard_items
+        store = FeatureStore(path)
+        names = [f"{s:05d}" for s in range(-(-train.n_items // k))]
+        store.init({"synthetic": self.world_config()}, ["vision"], names)
+        for name in store.missing_shards():
+            items = torch.arange(int(name) * k, min((int(name) + 1) * k, train.n_items))
+            captions = torch.nonzero((train.text_item >= items[0]) & (train.text_item <= items[-1])).squeeze(1)
+            store.write_shard(name, ShardArrays(
+                keys=[str(int(i)) for i in items], splits=["train"] * len(items), skipped=[],
+                streams={"vision": (train.vision[items].numpy(), train.pooled("vision")[items].numpy())},
+                text_tokens=train.text[captions].numpy(), text_pooled=train.text[captions].mean(1).numpy(),
+                text_item=(train.text_item[captions] - items[0]).numpy().astype(np.int64)))
+        return store
 
     def _items(self, n: int, gen: torch.Generator) -> torch.Tensor:
         """[n', A] distinct attribute tuples in sibling groups (n' = n rounded to whole groups)."""
