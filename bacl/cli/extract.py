@@ -98,6 +98,8 @@ def submit(overrides: list[str], options: dict[str, int], cluster: str) -> dict[
     _, store, shards = open_store(cfg)
     stage_list = plan(cfg, options, cluster, len(shards))
     executor = make_executor(profile, store.path / "slurm", f"extract-{cfg.dataset.name}")
+    # one process a shard: a multi-node or multi-GPU training profile must not run each shard once per task
+    executor.update_parameters(nodes=1, tasks_per_node=1, gpus_per_node=min(profile.gpus_per_node, 1))
     base = dict(profile.get("additional_parameters") or {})
     ids: dict[str, str] = {}
     for stage in stage_list:

@@ -172,7 +172,7 @@ def run_here(name: str, todo: list[Run], profile: DictConfig, jobs: SweepJobs) -
     failed = 0
     for args, job in finished:
         try:
-            outcome = job.result()
+            outcome = job.results()[0]  # rank 0's record; result() refuses a job of several tasks
         except Exception as err:  # the job process itself died
             outcome = {"status": "failed", "error": f"{type(err).__name__}: {str(err)[-500:]}"}
         if outcome["status"] == "running":  # another process (another sweep) holds the run and finishes it
