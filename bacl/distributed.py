@@ -12,6 +12,7 @@ its generator exactly like a single process would.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -77,3 +78,10 @@ def init_from_env(device: str) -> World:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     return current_world()
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for a local process group's MASTER_PORT (tests, benchmarks)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import socket
 import statistics
 import sys
 import time
@@ -32,17 +31,11 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bacl.bank import EmbeddingBank  # noqa: E402
 from bacl.data.pool import candidate_pool  # noqa: E402
-from bacl.distributed import World  # noqa: E402
+from bacl.distributed import World, free_port  # noqa: E402
 from benchmarks.common import device, write_result  # noqa: E402
 from benchmarks.pool_build import embeddings  # noqa: E402
 
 DIM, LOCAL_BATCH, K, NEGATIVES = 512, 512, 20, 1  # the paper's per-GPU setting (docs/scaling.md)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def peak_rss_bytes() -> int:

@@ -1,11 +1,15 @@
 """Streaming and the out-of-core pool at scale: peak memory and loader rate on stores of 10^4 to 10^6 pairs.
 
-Writes synthetic feature stores (small token dims, float16, 5,000 rows a shard) and streams a
-fixed number of batches from each at world sizes 1 and 2 (one spawned process per rank, each
-reading its own shards), consuming each batch with a fixed synthetic step (a small MLP forward
-and backward on the batch's tokens). Records per run the largest rank's peak RSS, samples/s
-and how far the loader runs ahead of the step (its rows/s over the step's). Issue 15's bar:
-peak RSS at 10^6 at most 1.5x the peak at 10^4, at both world sizes; loader at least 3x ahead.
+Writes synthetic feature stores (small token dims, float16, 5,000 rows a shard) and trains a
+fixed number of real steps on each, streamed (`train.stream`: the trainer's StreamLoader, the
+pool table memory-mapped, pool negatives read by id), at world sizes 1 and 2 (one spawned
+process per rank, DDP over gloo, one thread each). The method is uniform_hn on a width-64
+2-layer model: its negatives come from the pool, so every step also reads random rows by id.
+Batches are read inline (prefetch off) so that the time waiting for them is the loader's own.
+Records per run the largest rank's peak RSS, samples/s and how far the loader runs ahead of
+the step (its rows/s over the step's). Issue 15's bar: peak RSS at 10^6 at most 1.5x the peak
+at 10^4, at both world sizes; loader at least 3x ahead. BACL's bank is left out on purpose: it
+holds a row per caption (divided over the ranks) and is measured by benchmarks/bank_shard.py.
 
 The out-of-core pool (`bacl.data.pool_out_of_core`) is built in a fresh process on stores of
 10^4 and 10^6 items with 32-d clustered pooled embeddings: IVF-PQ (1,024 lists, 8 bytes a
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -28,14 +33,18 @@ from queue import Empty
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bacl.config import PoolConfig  # noqa: E402
+from bacl.config import PoolConfig, load_config  # noqa: E402
 from bacl.data.pool import IndexConfig  # noqa: E402
 from bacl.data.pool_out_of_core import PooledRows, finish, prepare, search_part  # noqa: E402
-from bacl.data.store import FeatureStore, ShardArrays  # noqa: E402
-from bacl.data.stream import ShardIndex, ShardStream  # noqa: E402
+from bacl.data.split import FeatureSplit  # noqa: E402
+from bacl.data.store import FeatureStore, PoolTable, ShardArrays  # noqa: E402
+from bacl.data.stream import ShardIndex, StreamedSplit  # noqa: E402
+from bacl.distributed import free_port, init_from_env  # noqa: E402
+from bacl.trainer import Trainer  # noqa: E402
 from benchmarks.common import device, write_result  # noqa: E402
 
 SHARD_ROWS = 5_000  # two shards at 10^4: one for each of two ranks
@@ -43,6 +52,8 @@ LV, DV, LT, DT = 4, 8, 4, 8  # tokens x dims of items and captions: 128 B of fea
 POOL_DIMS = (1, 32, 1, 1)  # the pool stores: one 32-d item token and pooled embedding, a 1-d caption
 POOL_INDEX = {"kind": "ivfpq", "nlist": 1024, "nprobe": 4, "pq_m": 8, "train_size": 65_536}
 POOL_K, POOL_CHUNK, POOL_PARTS, RECALL_ANCHORS = 20, 50_000, 10, 256
+TRAIN_METHOD, POOL_K_TRAIN = "uniform_hn", 8
+TRAIN_MODEL = ["model.width=64", "model.heads=2", "model.layers=2", "train.threads=1", "log.tensorboard=false"]
 
 
 def write_store(path: Path, n: int, dims: tuple[int, int, int, int] = (LV, DV, LT, DT)) -> FeatureStore:
@@ -66,28 +77,44 @@ def write_store(path: Path, n: int, dims: tuple[int, int, int, int] = (LV, DV, L
     return store
 
 
-def worker(rank: int, world: int, path: str, batches: int, batch_size: int, buffer: int, out: mp.Queue) -> None:
-    """Stream `batches` batches of this rank's shards through the synthetic step; report timings and peak RSS."""
+def write_pool(path: Path, n: int) -> Path:
+    """A random [n, POOL_K_TRAIN] pool table beside the store (the step's cost does not depend on which ids)."""
+    pool = path / "bench-pool.npy"
+    if not pool.exists():
+        gen = np.random.default_rng(n)
+        np.save(pool, (np.arange(n)[:, None] + gen.integers(1, n, (n, POOL_K_TRAIN))) % n)
+    return pool
+
+
+def worker(rank: int, world: int, port: int, path: str, batches: int, batch_size: int, buffer: int,
+           out: mp.Queue) -> None:
+    """Train `batches` real steps of TRAIN_METHOD streamed from the store (DDP over gloo with two ranks, one thread
+    each); report the time spent waiting for batches (read inline: prefetch off) and in the step, and peak RSS."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    step = torch.nn.Sequential(torch.nn.Linear(LV * DV + LT * DT, 512), torch.nn.GELU(), torch.nn.Linear(512, 512))
-    stream = ShardStream(ShardIndex(FeatureStore(path), "train"), batch_size, buffer, seed=0, rank=rank, world_size=world)
+    cfg = load_config([f"method={TRAIN_METHOD}", *TRAIN_MODEL, f"train.batch_size={batch_size * world}", "train.epochs=1",
+                       "train.stream.enabled=true", f"train.stream.buffer_size={buffer}", "train.stream.prefetch=false",
+                       f"pool.k={POOL_K_TRAIN}", f"output_dir={path}/runs"])
+    trainer = Trainer(cfg)
+    trainer.device, trainer.world = torch.device("cpu"), init_from_env("cpu")
+    train = StreamedSplit(ShardIndex(FeatureStore(path), "train", open_shards=cfg.train.stream.open_shards))
+    test = train.index.fetch(np.arange(8))  # setup moves a test split; it is never evaluated here
+    trainer.setup(train, FeatureSplit(vision=test.vision, text=test.text, text_item=torch.arange(8)),
+                  PoolTable(Path(path) / "bench-pool.npy", POOL_K_TRAIN))
     load_s = step_s = 0.0
     rows = 0
     start = time.perf_counter()
-    while rows < batches * batch_size:
-        epoch = iter(stream)
-        while rows < batches * batch_size:
-            t0 = time.perf_counter()
-            batch = next(epoch, None)
-            t1 = time.perf_counter()
-            if batch is None:
-                break
-            x = torch.cat([batch.vision.flatten(1), batch.text.flatten(1)], dim=1).float()
-            step(x).square().mean().backward()
-            load_s, step_s, rows = load_s + t1 - t0, step_s + time.perf_counter() - t1, rows + batch.ids.numel()
+    epoch = trainer.batches(0, 0)
+    for _ in range(batches):
+        t0 = time.perf_counter()
+        batch = next(epoch)
+        t1 = time.perf_counter()
+        trainer.train_step(batch)
+        load_s, step_s, rows = load_s + t1 - t0, step_s + time.perf_counter() - t1, rows + batch.items.numel()
     out.put({"rank": rank, "rows": rows, "wall_s": time.perf_counter() - start, "load_s": load_s, "step_s": step_s,
              "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
+    if world > 1:
+        dist.destroy_process_group()
 
 
 def pool_worker(path: str, out: mp.Queue) -> None:
@@ -141,7 +168,9 @@ def pool_run(path: Path) -> dict:
 def run(path: Path, n: int, world: int, batches: int, batch_size: int, buffer: int) -> dict:
     ctx = mp.get_context("spawn")  # fresh processes: each rank's peak RSS is its own
     queue = ctx.Queue()
-    procs = [ctx.Process(target=worker, args=(r, world, str(path), batches, batch_size, buffer, queue)) for r in range(world)]
+    port = free_port()
+    procs = [ctx.Process(target=worker, args=(r, world, port, str(path), batches, batch_size, buffer, queue))
+             for r in range(world)]
     for p in procs:
         p.start()
     ranks = collect(queue, procs, len(procs))
@@ -151,7 +180,8 @@ def run(path: Path, n: int, world: int, batches: int, batch_size: int, buffer: i
     return {"n": n, "world_size": world, "peak_rss_bytes": max(r["peak_rss_bytes"] for r in ranks),
             "samples_per_s": rows / max(r["wall_s"] for r in ranks),
             "loader_ahead_ratio": min(r["step_s"] / r["load_s"] for r in ranks),  # loader rows/s / step rows/s
-            "batches_per_rank": batches, "batch_size": batch_size, "buffer_size": buffer, "ranks": ranks}
+            "batches_per_rank": batches, "batch_size": batch_size, "buffer_size": buffer, "method": TRAIN_METHOD,
+            "ranks": ranks}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,12 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="result JSON (default benchmarks/results/scale-<host>-<date>.json)")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/bacl-scale"), help="where the stores are written (kept)")
     args = parser.parse_args(argv)
-    batches, batch_size, buffer = (40, 256, 8192) if args.quick else (200, 256, 8192)
+    batches, batch_size, buffer = (30, 128, 8192) if args.quick else (150, 128, 8192)
     sizes = (10**4, 10**5, 10**6)
     runs, written = [], {}
     for n in sizes:
         t0 = time.perf_counter()
         write_store(args.dir / f"n{n}", n)
+        write_pool(args.dir / f"n{n}", n)
         written[n] = {"seconds": time.perf_counter() - t0,
                       "bytes": sum(f.stat().st_size for f in (args.dir / f"n{n}").rglob("*") if f.is_file())}
         for world in (1, 2):

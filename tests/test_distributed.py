@@ -1,6 +1,5 @@
 """Two CPU processes (gloo) see the same loss and gradients as one process on the global batch."""
 import os
-import socket
 
 import pytest
 import torch
@@ -8,6 +7,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from bacl.config import load_config
+from bacl.distributed import free_port
 from bacl.trainer import Trainer
 from helpers import TINY
 
@@ -32,12 +32,6 @@ def worker(rank: int, port: int, overrides: list[str], out: str) -> None:
             torch.save(result, out)
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("method", METHODS)

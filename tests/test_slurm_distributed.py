@@ -119,11 +119,11 @@ def train_local(tasks: int, overrides: list[str], logs: Path) -> dict:
     return json.loads((runs / outcome["run_id"] / "result.json").read_text())
 
 
-def preempted_run_matches_uninterrupted(profile_overrides: tuple[str, ...], tmp_path: Path) -> None:
+def preempted_run_matches_uninterrupted(profile_overrides: tuple[str, ...], tmp_path: Path, *extra: str) -> None:
     """A 2-rank gloo run on the local cluster laid out by `profile_overrides`, preempted after its first
     checkpoint, resumes and ends with the metrics of an uninterrupted 2-rank run (exactly: resumption
     and gloo's 2-rank reductions are deterministic on CPU) and of one process (to float tolerance)."""
-    run = [*TINY, "method=clip", "train.epochs=30", "train.device=cpu"]
+    run = [*TINY, "method=clip", "train.epochs=30", "train.device=cpu", *extra]
     result, seconds = train_preempted((*profile_overrides, "mem_gb=1", "timeout_min=10"),
                                       [*run, f"output_dir={tmp_path}/slurm"], tmp_path / "logs")
     assert result["status"] == "ok", result
@@ -184,5 +184,8 @@ def test_a_two_node_gloo_job_is_requeued_mid_training_and_resumes_to_the_uninter
 
 @pytest.mark.slurm
 def test_a_two_task_gloo_job_is_requeued_mid_training_and_resumes_to_the_uninterrupted_metrics(slurm_cluster, tmp_path):
-    """1 node x 2 tasks (cluster=slurm tasks_per_node=2)."""
-    preempted_run_matches_uninterrupted(("tasks_per_node=2",), tmp_path)
+    """1 node x 2 tasks (cluster=slurm tasks_per_node=2), BACL streamed from a store by 2 fixed readers: each rank
+    checkpoints its own bank shard and the stream positions resume with it."""
+    preempted_run_matches_uninterrupted(("tasks_per_node=2",), tmp_path, "method=bacl", "train.epochs=15",
+                                        "train.stream.enabled=true", "train.stream.readers=2",
+                                        "dataset.stream_shard_items=12", f"dataset.store={tmp_path / 'store'}")

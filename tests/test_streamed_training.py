@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_distributed import free_port
 from test_resume import Preempted, equal, interrupt_at
 
 from bacl.config import load_config
 from bacl.data.synthetic import SyntheticDataset
+from bacl.distributed import free_port
 from bacl.errors import ConfigError
 from bacl.trainer import Trainer
 from helpers import TINY
