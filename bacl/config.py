@@ -62,7 +62,6 @@ class StreamConfig:
     # S: the global batch is S readers' batches of batch_size / S rows; rank r of w runs S / w of them.
     # 0: one per rank (then batches depend on the world size); fix it to compare runs across world sizes.
     readers: int = 0
-    open_shards: int = neutral(64)  # shards kept memory-mapped per process
     prefetch: bool = neutral(True)  # read the next batch in a thread while this one trains
 
 
@@ -182,7 +181,6 @@ def _validate_common(cfg: DictConfig) -> None:
     require(t.threads >= 0, "train.threads", t.threads, ">= 0")
     require(t.stream.buffer_size >= 1, "train.stream.buffer_size", t.stream.buffer_size, ">= 1")
     require(t.stream.readers >= 0, "train.stream.readers", t.stream.readers, ">= 0 (0: one reader per rank)")
-    require(t.stream.open_shards >= 1, "train.stream.open_shards", t.stream.open_shards, ">= 1")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", t.device):
         raise ConfigError(f"train.device={t.device!r} is not a device: expected cpu, cuda or cuda:N (N a GPU index)")
     m = cfg.model

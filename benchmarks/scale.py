@@ -97,7 +97,7 @@ def worker(rank: int, world: int, port: int, path: str, batches: int, batch_size
                        f"pool.k={POOL_K_TRAIN}", f"output_dir={path}/runs"])
     trainer = Trainer(cfg)
     trainer.device, trainer.world = torch.device("cpu"), init_from_env("cpu")
-    train = StreamedSplit(ShardIndex(FeatureStore(path), "train", open_shards=cfg.train.stream.open_shards))
+    train = StreamedSplit(ShardIndex(FeatureStore(path), "train"))
     test = train.index.fetch(np.arange(8))  # setup moves a test split; it is never evaluated here
     trainer.setup(train, FeatureSplit(vision=test.vision, text=test.text, text_item=torch.arange(8)),
                   PoolTable(Path(path) / "bench-pool.npy", POOL_K_TRAIN))

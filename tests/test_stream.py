@@ -96,7 +96,7 @@ def test_a_position_from_another_rank_is_refused(store):
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_features_by_id_equal_the_in_memory_split(store, split):
     whole = store.split(split, exclude={"0003-5"})
-    index = ShardIndex(store, split, exclude={"0003-5"}, open_shards=2)
+    index = ShardIndex(store, split, exclude={"0003-5"})
     ids = np.random.default_rng(0).permutation(index.n_rows)
     batch = index.fetch(ids)
     assert index.n_rows == whole.n_texts
@@ -111,12 +111,12 @@ def test_features_by_id_equal_the_in_memory_split(store, split):
 def test_memory_does_not_grow_with_the_number_of_rows(tmp_path):
     """Peak bytes allocated while streaming an epoch, at a fixed buffer: 10x the rows, about the same peak.
 
-    Both stores have more shards than stay open (8). Garbage is collected after every batch (np.load
+    Rows are read with pread, nothing stays mapped. Garbage is collected after every batch (np.load
     leaves reference cycles that Python's collector frees late); a first epoch takes the lazy imports."""
     stores = [write_store(tmp_path / str(shards), shards=shards, rows=100) for shards in (30, 300)]
     peaks = []
     for store in [stores[0], *stores]:
-        stream = ShardStream(ShardIndex(store, "train", open_shards=8), batch_size=512, buffer_size=512, seed=0)
+        stream = ShardStream(ShardIndex(store, "train"), batch_size=512, buffer_size=512, seed=0)
         gc.collect()
         gc.freeze()  # what exists now is never garbage: per-batch collections stay cheap
         tracemalloc.start()

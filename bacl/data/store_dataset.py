@@ -213,7 +213,7 @@ class StoreDataset(FeatureDataset):
         return self.store.split("train")
 
     def streamed_train(self, stream: Any) -> StreamedSplit:
-        split = StreamedSplit(ShardIndex(self.store, "train", open_shards=stream.open_shards))
+        split = StreamedSplit(ShardIndex(self.store, "train"))
         self.__dict__["train"] = split  # data_counts and the pool's counts read its sizes, not its arrays
         return split
 

@@ -9,9 +9,9 @@ store (caption -> its row and item, item -> its captions), so random access by i
 negatives) never opens a shard's metadata. A `ShardStream` is one reader: every epoch permutes
 the shards (seed, epoch), reader j of S takes shards j, j + S, ... of that order, and its items
 pass through a buffer of `buffer_size` ids, each draw replacing a random slot (webdataset's
-scheme). Only ids sit in the buffer; features are read from the memory-mapped shards when a
-batch is fetched, so memory is the buffer's ids, a few open shards and one batch, whatever the
-number of rows. `StreamLoader` runs a rank's share of the S readers (S fixed by the config, not
+scheme). Only ids sit in the buffer; features are read from the shards (one `pread` a row)
+when a batch is fetched, so memory is the buffer's ids and one batch, whatever the number of
+rows. `StreamLoader` runs a rank's share of the S readers (S fixed by the config, not
 by the world size, so a run's batches do not depend on how many ranks share them) and reads the
 next batch in a thread while the current one trains.
 """
@@ -21,8 +21,6 @@ import hashlib
 import json
 import os
 import shutil
-import threading
-from collections import OrderedDict
 from collections.abc import Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from numpy.lib import format as npy_format
 from numpy.lib.format import open_memmap
 
 from bacl.data.store import FeatureStore, block_concat
@@ -38,7 +37,7 @@ from bacl.errors import ConfigError, require
 from bacl.results import read_json, write_json
 from bacl.rng import stream_seed
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 # name -> (length: "captions" | "items", dtype) of the tables ShardIndex memory-maps
 TABLES = {"caption_item": ("captions", np.int64),  # item id of each caption id
           "caption_text_row": ("captions", np.int64),  # its row in its shard's text arrays
@@ -59,10 +58,33 @@ class StreamBatch:
     text: torch.Tensor  # [b, Lt, dt] float16 caption tokens
 
 
-@dataclass
-class _OpenShard:
-    text: np.ndarray  # memory-mapped [m, Lt, dt]
-    streams: list[np.ndarray]  # memory-mapped [n, L, d] per item stream
+def npy_layout(path: Path) -> tuple[int, tuple[int, ...], np.dtype]:
+    """(offset of the data, shape, dtype) of a C-ordered `.npy` file, from its header."""
+    with open(path, "rb") as f:
+        version = npy_format.read_magic(f)
+        read = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        if fortran:
+            raise ConfigError(f"{path}: a Fortran-ordered array; the store writes C order")
+        return f.tell(), shape, dtype
+
+
+def read_rows(path: Path, offset: int, row_shape: tuple[int, ...], dtype: np.dtype, rows: np.ndarray) -> np.ndarray:
+    """Rows of a `.npy` file whose data starts at `offset`, one `pread` each in file order: no memory map and
+    no file kept open.
+
+    Random rows of many shards (pool negatives) would otherwise open and map a shard per row; a
+    `pread` also leaves nothing in the process's resident memory (the page cache is the kernel's)."""
+    size = int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
+    out = np.empty((rows.size, *row_shape), dtype=dtype)
+    flat = out.reshape(rows.size, -1).view(np.uint8)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for i in np.argsort(rows, kind="stable"):
+            flat[i] = np.frombuffer(os.pread(fd, size, offset + int(rows[i]) * size), dtype=np.uint8)
+    finally:
+        os.close(fd)
+    return out
 
 
 def _index_dir(store: FeatureStore, split: str, exclude: frozenset[str]) -> Path:
@@ -81,14 +103,12 @@ class ShardIndex:
 
     Ids are assigned shard by shard, so the shard of an id is one binary search over per-shard
     offsets; rows within a shard come from memory-mapped tables built in one pass over the
-    shards' metadata and reused (rebuilt when the store's shard list changes). At most
-    `open_shards` shards stay memory-mapped (their touched pages count as resident memory).
-    Safe to use from the loader thread and the training thread at once.
+    shards' metadata and reused (rebuilt when the store's shard list changes). Features are read
+    row by row (`read_rows`), so the loader thread and the training thread can read at once.
     """
 
-    def __init__(self, store: FeatureStore, split: str, exclude: Collection[str] = (), open_shards: int = 64):
-        require(open_shards >= 1, "open_shards", open_shards, ">= 1")
-        self.store, self.split, self.open_shards = store, split, open_shards
+    def __init__(self, store: FeatureStore, split: str, exclude: Collection[str] = ()):
+        self.store, self.split = store, split
         self.exclude = frozenset(exclude)
         self.streams: list[str] = store.manifest["streams"]
         self.path = _index_dir(store, split, self.exclude)
@@ -101,13 +121,17 @@ class ShardIndex:
         if self.n_rows == 0:
             raise ConfigError(f"{store.path}: the {split} split has no captions to stream")
         self.tables = {name: np.load(self.path / f"{name}.npy", mmap_mode="r") for name in TABLES}
-        self._open: OrderedDict[int, _OpenShard] = OrderedDict()
-        self._lock = threading.Lock()
+        # where each shard's token arrays start, one column per ["text", *streams]: read once, not per row
+        self.data_offsets = np.load(self.path / "data_offsets.npy")
+        self.row_shapes = {name: tuple(shape) for name, shape in meta["row_shapes"].items()}
+        self.dtypes = {name: np.dtype(d) for name, d in meta["dtypes"].items()}
 
     # ---- the tables ----------------------------------------------------------------------------
     def _build(self) -> dict:
         """Write the id tables in two passes over the shards' metadata (counts, then rows); atomic."""
         shards = [(d, keep, np.load(d / "text_item.npy")) for d, _, keep in self.store._rows(self.split, self.exclude)]
+        if not shards:
+            raise ConfigError(f"{self.store.path}: the {self.split} split has no captions to stream")
         captions = [int(keep[text_item].sum()) if text_item.size else 0 for _, keep, text_item in shards]
         items = [int(keep.sum()) for _, keep, _ in shards]
         offsets, item_offsets = np.cumsum([0, *captions]), np.cumsum([0, *items])
@@ -133,7 +157,18 @@ class ShardIndex:
         for table in out.values():
             table.flush()
         del out
+        names = ["text", *self.streams]
+        layouts = [[npy_layout(d / f"{name}.tokens.npy") for name in names] for d, _, _ in shards]
+        for (d, _, _), layout in zip(shards, layouts):
+            for name, (_, shape, dtype), (_, first_shape, first_dtype) in zip(names, layout, layouts[0]):
+                if shape[1:] != first_shape[1:] or dtype != first_dtype:
+                    raise ConfigError(f"{d / name}.tokens.npy: rows of shape {shape[1:]} {dtype}, but the first shard's "
+                                      f"are {first_shape[1:]} {first_dtype}; a store holds one shape per stream")
+        np.save(tmp / "data_offsets.npy", np.array([[offset for offset, _, _ in layout] for layout in layouts],
+                                                   dtype=np.int64).reshape(len(shards), len(names)))
         meta = {"version": INDEX_VERSION, "shards": self.store.manifest["shards"],
+                "row_shapes": {name: list(shape[1:]) for name, (_, shape, _) in zip(names, layouts[0])},
+                "dtypes": {name: dtype.str for name, (_, _, dtype) in zip(names, layouts[0])},
                 "shard_dirs": [d.name for d, _, _ in shards], "caption_offsets": offsets.tolist(),
                 "item_offsets": item_offsets.tolist()}
         write_json(tmp / "index.json", meta)
@@ -188,11 +223,11 @@ class ShardIndex:
 
     # ---- features ------------------------------------------------------------------------------
     def _gather(self, shard_of: np.ndarray, read) -> np.ndarray:
-        """Rows of any number of shards into one array, in the order asked; `read(open_shard, at)` reads a shard's."""
+        """Rows of any number of shards into one array, in the order asked; `read(shard, at)` reads a shard's."""
         out: np.ndarray | None = None
         for s in np.unique(shard_of):
             at = np.nonzero(shard_of == s)[0]
-            rows = read(self._shard(int(s)), at)
+            rows = read(int(s), at)
             if out is None:
                 out = np.empty((shard_of.size, *rows.shape[1:]), dtype=np.float16)
             out[at] = rows
@@ -203,13 +238,18 @@ class ShardIndex:
     def text(self, ids: np.ndarray) -> np.ndarray:
         """[n, Lt, dt] float16 caption tokens of caption ids (pool negatives)."""
         shard, rows = self.locate(ids)
-        return self._gather(shard, lambda sh, at: sh.text[rows[at]])
+        return self._gather(shard, lambda s, at: self._read(s, "text", rows[at]))
 
     def vision(self, items: np.ndarray) -> np.ndarray:
         """[n, Lv, dv] float16 item tokens of item ids."""
         items = self._check(items, self.n_items, "item")
         shard, rows = np.searchsorted(self.item_offsets, items, side="right") - 1, self.tables["item_row"][items]
-        return self._gather(shard, lambda sh, at: block_concat([t[rows[at]] for t in sh.streams]))
+        return self._gather(shard, lambda s, at: block_concat([self._read(s, n, rows[at]) for n in self.streams]))
+
+    def _read(self, shard: int, stream: str, rows: np.ndarray) -> np.ndarray:
+        column = 0 if stream == "text" else 1 + self.streams.index(stream)
+        return read_rows(self.dirs[shard] / f"{stream}.tokens.npy", int(self.data_offsets[shard, column]),
+                         self.row_shapes[stream], self.dtypes[stream], rows)
 
     def fetch(self, ids: np.ndarray, items: np.ndarray | None = None) -> StreamBatch:
         """The features of caption ids and their items (or, given, other items), read from the memory maps."""
@@ -218,18 +258,9 @@ class ShardIndex:
         return StreamBatch(ids=torch.from_numpy(ids), items=torch.from_numpy(items),
                            vision=torch.from_numpy(self.vision(items)), text=torch.from_numpy(self.text(ids)))
 
-    def _shard(self, s: int) -> _OpenShard:
-        with self._lock:
-            if s in self._open:
-                self._open.move_to_end(s)
-                return self._open[s]
-            d = self.dirs[s]
-            opened = _OpenShard(text=open_memmap(d / "text.tokens.npy", mode="r"),
-                                streams=[open_memmap(d / f"{n}.tokens.npy", mode="r") for n in self.streams])
-            self._open[s] = opened
-            if len(self._open) > self.open_shards:
-                self._open.popitem(last=False)  # its memory maps close with their last reference
-            return opened
+    def token_shape(self, stream: str) -> tuple[int, int]:
+        """(tokens, dims) of one row of `stream` (text, or an item stream): the same in every shard."""
+        return self.row_shapes[stream]
 
 
 class StreamedSplit:
@@ -259,13 +290,12 @@ class StreamedSplit:
     @property
     def vision_shape(self) -> tuple[int, int]:
         """(tokens, dims) of an item: its streams side by side, as `FeatureSplit.vision`."""
-        streams = self.index._shard(0).streams
-        return sum(t.shape[1] for t in streams), sum(t.shape[2] for t in streams)
+        shapes = [self.index.token_shape(n) for n in self.index.streams]
+        return sum(t for t, _ in shapes), sum(d for _, d in shapes)
 
     @property
     def text_shape(self) -> tuple[int, int]:
-        text = self.index._shard(0).text
-        return text.shape[1], text.shape[2]
+        return self.index.token_shape("text")
 
     def to(self, device: torch.device | str) -> StreamedSplit:
         return StreamedSplit(self.index, device)
