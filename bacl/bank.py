@@ -15,8 +15,8 @@ blocks would send most of a step's writes and lookups to one rank; `id % w` spre
 of ids that is not periodic in w, and shards differ by at most one row whatever the count.
 
 Each step a rank asks the owners for just the rows its candidates need (`lookup`, one
-all_to_all there and one back), and keeps from the gathered write only the rows it owns,
-so per rank the bank costs rows / w rows of memory and traffic proportional to its requests.
+all_to_all there and one back) and sends each row it encoded to its owner (`write`), so per
+rank the bank costs rows / w rows of memory and traffic proportional to its own rows.
 """
 from __future__ import annotations
 
@@ -71,9 +71,6 @@ class EmbeddingBank(nn.Module):
     def due(self, step: int) -> bool:
         return step - self.refreshed >= self.refresh_every
 
-    def _owned(self, captions: torch.Tensor) -> torch.Tensor:
-        return captions % self.world.size == self.world.rank
-
     @torch.no_grad()
     def refresh(self, step: int, text_tokens: Callable[[torch.Tensor], torch.Tensor],
                 encode: Callable[[torch.Tensor], torch.Tensor]) -> None:
@@ -92,11 +89,30 @@ class EmbeddingBank(nn.Module):
 
     @torch.no_grad()
     def write(self, captions: torch.Tensor, embeddings: torch.Tensor, step: int) -> None:
-        """Keep the owned rows of the [n] captions and [n, D] embeddings all ranks computed (gathered by the caller)."""
-        mine = self._owned(captions)
-        ids, last = _last_occurrences(captions[mine])
-        local = (ids // self.world.size).cpu()
-        self.shard[local] = embeddings[mine][last].detach().to(self.shard.dtype).cpu()
+        """Store the [n, D] embeddings this rank just computed for its [n] captions.
+
+        With several ranks a collective: each row goes to its owner (all_to_all), so a step moves
+        the rows once instead of every rank receiving every rank's rows. Where a caption arrives
+        twice the later one wins in (rank, position) order, as in one process writing the ranks'
+        rows one after another (index assignment alone leaves the winner unspecified).
+        """
+        size = self.world.size
+        if size > 1:
+            owner = captions % size
+            order = torch.argsort(owner, stable=True)  # grouped by owner, each rank's rows in their order
+            sent = torch.bincount(owner, minlength=size)
+            received = torch.empty_like(sent)
+            dist.all_to_all_single(received, sent)
+            sent_split, received_split = sent.tolist(), received.tolist()
+            incoming = captions.new_empty(sum(received_split))
+            dist.all_to_all_single(incoming, captions[order].contiguous(), received_split, sent_split)
+            rows = embeddings[order].detach().to(self.shard.dtype).contiguous()
+            arrived = rows.new_empty(len(incoming), self.dim)
+            dist.all_to_all_single(arrived.view(torch.uint8), rows.view(torch.uint8), received_split, sent_split)
+            captions, embeddings = incoming, arrived
+        ids, last = _last_occurrences(captions)
+        local = (ids // size).cpu()
+        self.shard[local] = embeddings[last].detach().to(self.shard.dtype).cpu()
         self.written[local] = step
 
     @torch.no_grad()

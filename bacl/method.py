@@ -245,7 +245,7 @@ class Method(nn.Module):
             if neg is not None:
                 captions = torch.cat([captions, negatives.captions.flatten()])
                 embeddings = torch.cat([embeddings, neg.flatten(0, 1)])
-            self.bank.write(self.world.gather(captions), self.world.gather(embeddings.detach()), step)
+            self.bank.write(captions, embeddings.detach(), step)  # each row to its owner rank
         out["contrastive_loss"] = self.contrastive(img, txt, neg, batch.rows)
         out.update(self.match_loss(batch, vision, text, negatives))
         out.update(self.extra_losses(batch, vision, text, negatives))

@@ -1,7 +1,6 @@
 """The text-embedding bank that scores pool candidates, sharded over ranks, and the negatives' text pass."""
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from bacl.bank import EmbeddingBank
-from bacl.distributed import World
+from bacl.distributed import World, free_port
 from bacl.errors import ConfigError
 
 ROWS, DIM, EVERY = 37, 6, 3  # odd rows: rank 0 of 2 owns one row more than rank 1
@@ -49,7 +48,7 @@ def encode(tokens: torch.Tensor) -> torch.Tensor:
 
 
 def schedule(seed: int, world_size: int) -> list[dict]:
-    """Steps of gathered writes (duplicates included) and each rank's lookup request, the same on every rank."""
+    """Steps of writes (duplicates included; ranks split them) and each rank's lookup request, the same on every rank."""
     gen = torch.Generator().manual_seed(seed)
     shapes = [(4, 5), (9,), (0,), (2, 3, 2), (), (11,)]
     steps = []
@@ -67,15 +66,18 @@ def schedule(seed: int, world_size: int) -> list[dict]:
     return steps
 
 
-def replay(bank, steps: list[dict], rank: int) -> list[torch.Tensor]:
-    """The caller's order each step: refresh when due, look the candidates up, write the step's rows."""
+def replay(bank, steps: list[dict], rank: int, world_size: int = 1) -> list[torch.Tensor]:
+    """The caller's order each step: refresh when due, look the candidates up, write the step's rows
+    (a sharded bank: this rank's contiguous part of them; the dense reference: all of them, in order)."""
     looked = []
     for s in steps:
         if bank.due(s["step"]):
             bank.refresh(s["step"], text_tokens, encode)
         looked.append(bank.table[s["requests"][rank]] if isinstance(bank, DenseBank)
                       else bank.lookup(s["requests"][rank]))
-        bank.write(s["captions"], s["embeddings"], s["step"])
+        part = (slice(None) if isinstance(bank, DenseBank)
+                else torch.tensor_split(torch.arange(len(s["captions"])), world_size)[rank])
+        bank.write(s["captions"][part], s["embeddings"][part], s["step"])
     return looked
 
 
@@ -134,9 +136,8 @@ def test_each_rank_stores_its_share_of_the_rows_and_only_those(size):
     banks = [EmbeddingBank(ROWS, DIM, EVERY, World(rank, size), torch.float16) for rank in range(size)]
     assert max(b.shard.numel() for b in banks) == math.ceil(ROWS / size) * DIM
     assert sum(b.shard.numel() for b in banks) == ROWS * DIM
-    captions = torch.randperm(ROWS)
-    for b in banks:  # every rank gets the gathered write and keeps what it owns
-        b.write(captions, captions[:, None].float().expand(ROWS, DIM), step=5)
+    for b in banks:  # a rank encodes only the captions it owns: embedding = caption id
+        b.refresh(5, lambda ids: ids.float()[:, None, None].expand(len(ids), 1, DIM), lambda t: t[:, 0])
     for rank, b in enumerate(banks):
         owned = torch.arange(rank, ROWS, size)
         assert torch.equal(b.shard[:, 0], owned.half()) and (b.written == 5).all()
@@ -185,7 +186,7 @@ def test_each_rank_state_round_trips_and_another_layout_is_refused():
     module = nn.Module()
     module.bank = EmbeddingBank(ROWS, DIM, EVERY, World(1, 2), torch.float16)
     module.bank.refresh(0, text_tokens, encode)
-    module.bank.write(torch.arange(ROWS), torch.randn(ROWS, DIM), step=2)
+    module.bank.shard[::2], module.bank.written[::2] = -1.0, 2  # some rows written later, by hand: no collective
     state = module.state_dict()
     assert set(state) == {"bank._extra_state"}
     other = nn.Module()
@@ -201,12 +202,6 @@ def test_each_rank_state_round_trips_and_another_layout_is_refused():
 
 
 # ---- two processes ----------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def worker(rank: int, port: int, out: str) -> None:
     """Replay the schedule with a 2-rank bank of each dtype, counting the rows each all_to_all sends."""
@@ -226,7 +221,7 @@ def worker(rank: int, port: int, out: str) -> None:
         for dtype in DTYPES:
             bank = EmbeddingBank(ROWS, DIM, EVERY, World(rank, 2), dtype)
             sent.clear()
-            result[dtype] = {"looked": replay(bank, schedule(seed=1, world_size=2), rank),
+            result[dtype] = {"looked": replay(bank, schedule(seed=1, world_size=2), rank, world_size=2),
                              "numel": bank.shard.numel(), "sent": list(sent)}
         torch.save(result, f"{out}.{rank}")
     finally:
@@ -247,14 +242,15 @@ def test_two_ranks_equal_one_dense_bank_and_send_only_the_requested_rows(tmp_pat
             assert all(torch.equal(a, b.to(dtype).float()) for a, b in zip(looked, expected)), (rank, dtype)
             assert result[dtype]["numel"] == len(range(rank, ROWS, 2)) * DIM
     assert results[0][torch.float32]["numel"] == math.ceil(ROWS / 2) * DIM
-    # rows a rank answers (the byte-typed all_to_all): each distinct id any rank asked it for, once
+    # rows a rank sends as bytes: each distinct id any rank asked it for, once, and each row it wrote, to its owner
     requested = {rank: [s["requests"][rank].flatten() for s in steps] for rank in range(2)}
     for owner in range(2):
         distinct = sum(len(r[r % 2 == owner].unique()) for rank in range(2) for r in requested[rank])
         asked = sum(int((r % 2 == owner).sum()) for rank in range(2) for r in requested[rank])
+        written = sum(len(torch.tensor_split(torch.arange(len(s["captions"])), 2)[owner]) for s in steps)
         for dtype in DTYPES:
-            answered = sum(n for t, n in results[owner][dtype]["sent"] if t == torch.uint8)
-            assert answered == distinct < asked, (owner, dtype, answered, distinct, asked)
+            sent_rows = sum(n for t, n in results[owner][dtype]["sent"] if t == torch.uint8)
+            assert sent_rows == distinct + written and distinct < asked, (owner, dtype, sent_rows, distinct, asked)
 
 
 # ---- the method's use of the bank ---------------------------------------------------------------
