@@ -212,7 +212,8 @@ class Trainer:
         self.dataset = DATASETS.entry(cfg.dataset.name).load()(cfg.dataset)
         streamed = cfg.train.stream.enabled
         train = self.dataset.streamed_train(cfg.train.stream) if streamed else self.dataset.train
-        self.setup(train, self.dataset.test, self.dataset.candidate_pool(cfg.pool, streamed=streamed))
+        test = self.dataset.test_split(cfg.eval.max_items)
+        self.setup(train, test, self.dataset.candidate_pool(cfg.pool, streamed=streamed))
 
     def setup(self, train: FeatureSplit | StreamedSplit, test: FeatureSplit, pool: torch.Tensor | PoolTable) -> None:
         """Model, method and optimizer for given splits and [N, k] pool (benchmarks call this directly)."""

@@ -26,6 +26,7 @@ from bacl.data.store_dataset import hash_split
 from bacl.data.vast27m import match_classification
 from bacl.encoders.base import fixed_init
 from bacl.errors import ConfigError
+from bacl.evaluate import first_items
 from bacl.extract import DataError, build_pool, extract_features
 from bacl.registry import DATASETS
 from bacl.trainer import Trainer
@@ -448,3 +449,21 @@ def test_a_streamed_run_trains_from_the_extracted_store_and_its_stored_pool(extr
     missing = load_config(overrides(name, root, f"output_dir={tmp_path}", "train.stream.enabled=true", "pool.k=50"))
     with pytest.raises(ConfigError, match="needs the vision pool stored"):
         Trainer(missing).build()
+
+
+@pytest.mark.parametrize("name", ["laion400m", "vast27m"])
+def test_a_capped_test_split_reads_only_its_first_items(extracted, tmp_path, name):
+    """eval.max_items reads only the first test items from the store: the same split evaluate would cut, and
+    VAST-27M's match classification runs on those items (it searched the whole split before)."""
+    root, _, store = extracted[name]
+    whole = store.split("test")
+    k = max(2, whole.n_items - 1)
+    capped, cut = store.split("test", max_items=k), first_items(whole, k)
+    for field in ("vision", "text", "text_item", "vision_pooled", "text_pooled"):
+        assert torch.equal(getattr(capped, field), getattr(cut, field)), field
+    trainer = Trainer(load_config(overrides(name, root, f"output_dir={tmp_path}", f"eval.max_items={k}")))
+    result = trainer.run()
+    assert result["status"] == "ok", result.get("error")
+    assert result["metrics"]["eval_items"] == k == trainer.dataset.test.n_items < whole.n_items
+    if name == "vast27m":  # match classification needs 4 clips or more (the fixture's test split has 4)
+        assert ({"cls_accuracy", "cls_f1"} <= set(result["metrics"])) == (k >= 4), (k, sorted(result["metrics"]))

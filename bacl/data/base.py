@@ -22,6 +22,10 @@ class FeatureDataset:
         `streamed`: for a streamed run (a store may then hand out a memory-mapped table)."""
         return candidate_pool(self.train.pooled(pool.modality), pool.k, pool.index)
 
+    def test_split(self, max_items: int) -> FeatureSplit:
+        """The test split to evaluate (`eval.max_items`: its first items; evaluate cuts an in-memory split)."""
+        return self.test
+
     def streamed_train(self, stream: Any) -> Any:
         """The training split as a `StreamedSplit` over a feature store (`train.stream`), for splits beyond memory."""
         raise ConfigError(f"train.stream.enabled=true: dataset {type(self).__name__} has no feature store to stream")

@@ -198,8 +198,9 @@ class FeatureStore:
         np.save(tmp, hashes.astype(np.int64))
         os.replace(tmp, d / "text_hash.npy")
 
-    def split(self, split: str, exclude: Collection[str] = ()) -> FeatureSplit:
-        """All items of one split (less the `exclude`d keys), item streams side by side in one token sequence.
+    def split(self, split: str, exclude: Collection[str] = (), max_items: int = 0) -> FeatureSplit:
+        """All items of one split (less the `exclude`d keys), or its first `max_items` (0: all; shards past
+        them are not read), item streams side by side in one token sequence.
 
         Streams of different widths are placed in disjoint channel blocks
         ([frames | 0 | 0], [0 | audio | 0], ...) so that the model's single input
@@ -211,6 +212,10 @@ class FeatureStore:
         stream_parts: dict[str, list[np.ndarray]] = {f"{n}.{a}": [] for n in names for a in ("tokens", "pooled")}
         offset = 0
         for d, _, keep in self._rows(split, exclude):
+            if max_items and offset >= max_items:
+                break
+            if max_items:
+                keep = keep & (np.cumsum(keep) <= max_items - offset)
             for key in stream_parts:
                 stream_parts[key].append(np.load(d / f"{key}.npy", mmap_mode="r")[keep])
             text_item = np.load(d / "text_item.npy")

@@ -193,8 +193,15 @@ class StoreDataset(FeatureDataset):
         self.warnings = self.pretraining_warnings(cfg)
         for warning in self.warnings:
             log.warning("%s", warning)
+        self.max_test_items = 0  # read only the first test items (eval.max_items: a paper-scale test split)
+        self.pool_counts: dict[str, Any] = {}
+
+    @cached_property
+    def test(self) -> FeatureSplit:
+        """The test split less the duplicates of training items (its first `max_test_items`, when set)."""
+        cfg = self.cfg
         try:
-            self.test = self.store.split("test", excluded_keys(self.dedup))
+            return self.store.split("test", excluded_keys(self.dedup), self.max_test_items)
         except StoreMissing:
             c = self.dedup["counts"]
             if not c["test_removed"]:
@@ -205,7 +212,13 @@ class StoreDataset(FeatureDataset):
                 f"({c['test_removed_same_caption']} by caption, {c['test_removed_near_duplicate']} by frozen cosine); "
                 "expected some test items to remain. Random-weight encoders (pretrained=null) put every embedding "
                 "close together: set dataset.dedup_threshold=1.0 with them") from None
-        self.pool_counts: dict[str, Any] = {}
+
+    def test_split(self, max_items: int) -> FeatureSplit:
+        """The test split to evaluate, read from the store only up to its first `max_items` items (0: all)."""
+        if max_items != self.max_test_items:
+            self.max_test_items = max_items
+            self.__dict__.pop("test", None)
+        return self.test
 
     @cached_property
     def train(self) -> FeatureSplit:
