@@ -299,4 +299,10 @@ def package_versions() -> dict[str, str]:
         versions["faiss"] = faiss.__version__
     except ImportError:
         pass
+    import torch
+    if torch.version.cuda:  # the CUDA torch was built for, and what this machine runs (None on a CPU build)
+        versions["torch_cuda"] = torch.version.cuda
+        if torch.cuda.is_available():
+            versions["cudnn"] = str(torch.backends.cudnn.version())
+            versions["gpu"] = torch.cuda.get_device_name(0)
     return versions

@@ -1,4 +1,5 @@
 """Full tiny runs of every registered method, and what a run leaves on disk."""
+import importlib.metadata
 import json
 import math
 
@@ -27,6 +28,8 @@ def test_every_method_trains_and_writes_its_run(method, tiny_config):
     for key in RETRIEVAL_KEYS + ["margin", *maps]:
         assert math.isfinite(on_disk["metrics"][key]), key
     assert {"git_commit", "packages", "wall_time_s", "config"} <= on_disk.keys()
+    assert on_disk["packages"]["torch"] == importlib.metadata.version("torch")
+    assert on_disk["packages"].get("torch_cuda") == torch.version.cuda  # the CUDA torch was built for (None: CPU build)
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["method"]["name"] == method
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [1, 2]
