@@ -32,7 +32,10 @@ def slurm_task(monkeypatch: pytest.MonkeyPatch, *, procid: int, localid: int, no
     """The variables SLURM sets in one task of a job (the ones submitit's JobEnvironment reads)."""
     for key in (*TORCH_KEYS, "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SUBMITIT_LOCAL_JOB_ID",
                 "SUBMITIT_DEBUG_JOB_ID", "SLURM_LAUNCH_NODE_IPADDR"):
-        monkeypatch.delenv(key, raising=False)
+        # setenv first: delenv of an absent key records nothing, and export_dist_env's RANK, WORLD_SIZE, ...
+        # would then outlive the test (a later Trainer in this process would wait for a second rank forever)
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     env = dict(SLURM_PROCID=procid, SLURM_LOCALID=localid, SLURM_NODEID=nodeid, SLURM_JOB_NUM_NODES=nodes,
