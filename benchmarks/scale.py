@@ -5,7 +5,8 @@ fixed number of real steps on each, streamed (`train.stream`: the trainer's Stre
 pool table memory-mapped, pool negatives read by id), at world sizes 1 and 2 (one spawned
 process per rank, DDP over gloo, one thread each). The method is uniform_hn on a width-64
 2-layer model: its negatives come from the pool, so every step also reads random rows by id.
-Batches are read inline (prefetch off) so that the time waiting for them is the loader's own.
+Batches are read inline (prefetch off) so that the time waiting for them is the loader's own;
+the pool negatives' tokens, read by id inside the step, count as the loader's time too.
 Records per run the largest rank's peak RSS, samples/s and how far the loader runs ahead of
 the step (its rows/s over the step's). Issue 15's bar: peak RSS at 10^6 at most 1.5x the peak
 at 10^4, at both world sizes; loader at least 3x ahead. BACL's bank is left out on purpose: it
@@ -37,14 +38,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bacl.config import PoolConfig, load_config  # noqa: E402
+from bacl.config import PoolConfig  # noqa: E402
 from bacl.data.pool import IndexConfig  # noqa: E402
 from bacl.data.pool_out_of_core import PooledRows, finish, prepare, search_part  # noqa: E402
 from bacl.data.split import FeatureSplit  # noqa: E402
 from bacl.data.store import FeatureStore, PoolTable, ShardArrays  # noqa: E402
 from bacl.data.stream import ShardIndex, StreamedSplit  # noqa: E402
-from bacl.distributed import free_port, init_from_env  # noqa: E402
-from bacl.trainer import Trainer  # noqa: E402
+from bacl.distributed import free_port  # noqa: E402
 from benchmarks.common import device, write_result  # noqa: E402
 
 SHARD_ROWS = 5_000  # two shards at 10^4: one for each of two ranks
@@ -89,7 +89,13 @@ def write_pool(path: Path, n: int) -> Path:
 def worker(rank: int, world: int, port: int, path: str, batches: int, batch_size: int, buffer: int,
            out: mp.Queue) -> None:
     """Train `batches` real steps of TRAIN_METHOD streamed from the store (DDP over gloo with two ranks, one thread
-    each); report the time spent waiting for batches (read inline: prefetch off) and in the step, and peak RSS."""
+    each); report the time spent reading (the batch, inline: prefetch off; and the pool negatives' tokens, which
+    the step reads by id), the rest of the step, and peak RSS. The trainer is imported here, not at the top, so
+    that the pool build's process (`pool_worker`) measures the build and not the trainer's imports."""
+    from bacl.config import load_config
+    from bacl.distributed import init_from_env
+    from bacl.trainer import Trainer
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     cfg = load_config([f"method={TRAIN_METHOD}", *TRAIN_MODEL, f"train.batch_size={batch_size * world}", "train.epochs=1",
@@ -101,6 +107,15 @@ def worker(rank: int, world: int, port: int, path: str, batches: int, batch_size
     test = train.index.fetch(np.arange(8))  # setup moves a test split; it is never evaluated here
     trainer.setup(train, FeatureSplit(vision=test.vision, text=test.text, text_item=torch.arange(8)),
                   PoolTable(Path(path) / "bench-pool.npy", POOL_K_TRAIN))
+    split, negative_s = trainer.method.train_split, [0.0]
+    read_negatives = split.text_tokens
+
+    def timed_read(captions: torch.Tensor) -> torch.Tensor:
+        t = time.perf_counter()
+        tokens = read_negatives(captions)
+        negative_s[0] += time.perf_counter() - t
+        return tokens
+    split.text_tokens = timed_read
     load_s = step_s = 0.0
     rows = 0
     start = time.perf_counter()
@@ -111,7 +126,8 @@ def worker(rank: int, world: int, port: int, path: str, batches: int, batch_size
         t1 = time.perf_counter()
         trainer.train_step(batch)
         load_s, step_s, rows = load_s + t1 - t0, step_s + time.perf_counter() - t1, rows + batch.items.numel()
-    out.put({"rank": rank, "rows": rows, "wall_s": time.perf_counter() - start, "load_s": load_s, "step_s": step_s,
+    out.put({"rank": rank, "rows": rows, "wall_s": time.perf_counter() - start, "batch_read_s": load_s,
+             "negative_read_s": negative_s[0], "load_s": load_s + negative_s[0], "step_s": step_s - negative_s[0],
              "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
     if world > 1:
         dist.destroy_process_group()
