@@ -63,6 +63,7 @@ class StreamConfig:
     # 0: one per rank (then batches depend on the world size); fix it to compare runs across world sizes.
     readers: int = 0
     prefetch: bool = neutral(True)  # read the next batch in a thread while this one trains
+    read_threads: int = neutral(16)  # rows read at once (random rows are I/O round trips: pool negatives)
 
 
 @dataclass
@@ -181,6 +182,7 @@ def _validate_common(cfg: DictConfig) -> None:
     require(t.threads >= 0, "train.threads", t.threads, ">= 0")
     require(t.stream.buffer_size >= 1, "train.stream.buffer_size", t.stream.buffer_size, ">= 1")
     require(t.stream.readers >= 0, "train.stream.readers", t.stream.readers, ">= 0 (0: one reader per rank)")
+    require(t.stream.read_threads >= 1, "train.stream.read_threads", t.stream.read_threads, ">= 1")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", t.device):
         raise ConfigError(f"train.device={t.device!r} is not a device: expected cpu, cuda or cuda:N (N a GPU index)")
     m = cfg.model

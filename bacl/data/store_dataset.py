@@ -226,7 +226,7 @@ class StoreDataset(FeatureDataset):
         return self.store.split("train")
 
     def streamed_train(self, stream: Any) -> StreamedSplit:
-        split = StreamedSplit(ShardIndex(self.store, "train"))
+        split = StreamedSplit(ShardIndex(self.store, "train", read_threads=stream.read_threads))
         self.__dict__["train"] = split  # data_counts and the pool's counts read its sizes, not its arrays
         return split
 

@@ -103,7 +103,7 @@ class SyntheticDataset(FeatureDataset):
         """The training split written once as a feature store (float16, `stream_shard_items` items a shard) and
         streamed from it: item and caption ids equal the in-memory split's, so the pool applies unchanged."""
         store = self.write_store(self.store_path())
-        return StreamedSplit(ShardIndex(store, "train"))
+        return StreamedSplit(ShardIndex(store, "train", read_threads=stream.read_threads))
 
     def world_config(self) -> dict:
         """The config that determines the data (the store's identity): no result-neutral field."""
