@@ -48,9 +48,14 @@ def stale(done: list[Run], commit: Optional[str]) -> list[Run]:
 
 
 def set_aside(run: Run) -> Path:
-    """Move a finished run directory to <sweep_dir>.stale/<commit>/<run_id> (kept, out of the sweep's tables)."""
+    """Move a finished run directory to <sweep_dir>.stale/<commit>/<run_id> (kept, out of the sweep's tables);
+    a run of that commit set aside before (the same old commit's run made twice) keeps its place: -2, -3, ..."""
     run_dir = Path(run.cfg.output_dir) / run.run_id
-    target = run_dir.parent.with_name(run_dir.parent.name + ".stale") / (made_by(run) or "unknown")[:12] / run.run_id
-    target.parent.mkdir(parents=True, exist_ok=True)
+    home = run_dir.parent.with_name(run_dir.parent.name + ".stale") / (made_by(run) or "unknown")[:12]
+    home.mkdir(parents=True, exist_ok=True)
+    target, n = home / run.run_id, 1
+    while target.exists():
+        n += 1
+        target = home / f"{run.run_id}-{n}"
     run_dir.rename(target)
     return target

@@ -129,6 +129,11 @@ def test_status_and_rerun_stale_from_the_directory(conf, tmp_path, capsys):
     assert "submitting 1" in capsys.readouterr().out
     assert json.loads(result_path.read_text())["git"]["commit"] == git_state()["commit"]
     assert (tmp_path / "sweep.stale" / ("0" * 12) / result_path.parent.name / "result.json").exists()
+    # the same old commit's run made and set aside a second time keeps the first one beside it
+    result_path.write_text(json.dumps(result))
+    assert sweep([*args, "--rerun-stale"]) == 0
+    assert (tmp_path / "sweep.stale" / ("0" * 12) / f"{result_path.parent.name}-2" / "result.json").exists()
+    assert (tmp_path / "sweep.stale" / ("0" * 12) / result_path.parent.name / "result.json").exists()
 
 
 @pytest.mark.slow
