@@ -53,7 +53,9 @@ def slurm_cluster():
         pytest.skip("no SLURM cluster answers and starting the local one needs root")
     if shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
         pytest.skip("no SLURM cluster answers and apt-get is unavailable to install one")
-    proc = subprocess.run(["bash", str(START)], capture_output=True, text=True, timeout=600)
+    # two slurmd on this host (slurm/README.md): one-node jobs run as before, and the nodes=2 tests need not restart it
+    proc = subprocess.run(["bash", str(START)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "SLURM_LOCAL_NODES": "2"})
     if proc.returncode != 0:
         subprocess.run(["bash", str(STOP)], capture_output=True, timeout=120)
         pytest.fail(f"slurm/local/start.sh failed (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}")

@@ -20,9 +20,7 @@ from bacl.config import load_config
 from bacl.launch import TrainJob, export_dist_env, make_executor
 from bacl.sweep import load_group_file
 from bacl.trainer import Trainer
-from helpers import REPO, TINY
-
-START, STOP = REPO / "slurm" / "local" / "start.sh", REPO / "slurm" / "local" / "stop.sh"
+from helpers import TINY
 
 TORCH_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -156,27 +154,14 @@ def _slurm_nodes() -> list[str] | None:
 
 
 @pytest.fixture(scope="module")
-def two_node_cluster():
-    """A cluster of at least two nodes: the one that answers (left running), or slurm/local started with
-    SLURM_LOCAL_NODES=2 (two slurmd instances on this host) and stopped again at the end of the module.
-    A running one-node cluster is not reconfigured under whoever started it: the test is skipped."""
-    nodes = _slurm_nodes()
-    if nodes is not None:
-        if len(nodes) < 2:
-            pytest.skip(f"the running SLURM cluster has one node ({nodes}); stop it, or start it with "
-                        f"SLURM_LOCAL_NODES=2 bash slurm/local/start.sh")
-        yield "existing"
-        return
-    if os.geteuid() != 0 or (shutil.which("apt-get") is None and shutil.which("slurmctld") is None):
-        pytest.skip("no SLURM cluster answers, and starting the local one needs root and apt-get or slurm")
-    env = {**os.environ, "SLURM_LOCAL_NODES": "2"}
-    proc = subprocess.run(["bash", str(START)], capture_output=True, text=True, timeout=600, env=env)
-    try:
-        assert proc.returncode == 0, f"slurm/local/start.sh failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
-        assert _slurm_nodes() == ["n1", "n2"]
-        yield "started"
-    finally:
-        subprocess.run(["bash", str(STOP)], capture_output=True, timeout=120)
+def two_node_cluster(slurm_cluster) -> list[str]:
+    """The session's cluster if it has two nodes or more (slurm/local starts two slurmd on this host, conftest.py);
+    a running one-node cluster someone else started is not reconfigured under them: the test is skipped."""
+    nodes = _slurm_nodes() or []
+    if len(nodes) < 2:
+        pytest.skip(f"the running SLURM cluster has one node ({nodes}); stop it, or start it with "
+                    f"SLURM_LOCAL_NODES=2 bash slurm/local/start.sh")
+    return nodes
 
 
 @pytest.mark.slurm

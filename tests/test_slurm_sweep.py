@@ -104,7 +104,7 @@ def test_extraction_as_a_slurm_array_then_a_pool_job(slurm_cluster, tmp_path):
     t0 = time.time()
     out = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "submitted array" in out.stdout and time.time() - t0 < 60
+    assert "submitted extract" in out.stdout and "pool" in out.stdout and time.time() - t0 < 60, out.stdout
     wait_for(lambda: store.pool_path("train", "vision").exists(), 600, "the extraction array and its pool job")
     assert store.missing_shards() == [] and len(store.manifest["shards"]) == 4
     assert store.counts()["skipped_total"] == 1
