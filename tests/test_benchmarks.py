@@ -76,7 +76,9 @@ def test_the_scale_benchmark_trains_real_streamed_steps_at_one_and_two_ranks(tmp
     write_pool(tmp_path / "n", 10_000)
     for world in (1, 2):
         record = run(tmp_path / "n", 10_000, world, batches=2, batch_size=16, buffer=64)
-        assert {"n", "world_size", "peak_rss_bytes", "samples_per_s", "loader_ahead_ratio"} <= record.keys()
+        assert {"n", "world_size", "peak_rss_bytes", "samples_per_s", "loader_ahead_ratio", "negative_read_share"
+                } <= record.keys()
+        assert 0 < record["negative_read_share"] < 1
         assert record["world_size"] == world == len(record["ranks"])
         assert all(r["rows"] == 2 * 16 and r["negative_read_s"] > 0 for r in record["ranks"])  # negatives read by id
         assert record["loader_ahead_ratio"] > 0 and record["peak_rss_bytes"] > 2**20

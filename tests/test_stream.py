@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bacl.data.store import FeatureStore, ShardArrays
-from bacl.data.stream import ShardIndex, ShardStream
+from bacl.data.stream import ShardIndex, ShardStream, StreamedSplit
 from bacl.errors import ConfigError
 
 
@@ -139,3 +139,17 @@ def test_bad_settings_are_config_errors(store):
         ShardStream(index, 4, 4, seed=0, rank=0, world_size=8)
     with pytest.raises(ConfigError, match="buffer_size"):
         ShardStream(index, 4, 0, seed=0)
+
+
+def test_streamed_split_tokens_equal_the_index_whatever_was_read_before(store):
+    """The last read is kept so a step's second read of its negatives reads nothing: it must change no value."""
+    index = ShardIndex(store, "train")
+    split = StreamedSplit(index)
+    gen = np.random.default_rng(0)
+    calls = [gen.integers(0, index.n_rows, 12), None, gen.integers(0, index.n_rows, (3, 2)), np.array([5, 5, 7]),
+             np.array([7]), gen.integers(0, index.n_rows, 40)]
+    for ids in calls:
+        ids = calls[0][:5] if ids is None else ids  # a subset of the first read: all kept
+        got = split.text_tokens(torch.from_numpy(ids))
+        assert got.shape == (*ids.shape, 2, 4) and got.dtype == torch.float32
+        assert torch.equal(got, torch.from_numpy(index.text(ids.ravel())).view(got.shape).float())

@@ -38,7 +38,6 @@ from bacl.results import read_json, write_json
 from bacl.rng import stream_seed
 
 INDEX_VERSION = 2
-READ_CHUNK = 64  # rows of one shard read by one task of the reading threads
 # name -> (length: "captions" | "items", dtype) of the tables ShardIndex memory-maps
 TABLES = {"caption_item": ("captions", np.int64),  # item id of each caption id
           "caption_text_row": ("captions", np.int64),  # its row in its shard's text arrays
@@ -228,19 +227,25 @@ class ShardIndex:
     def _gather(self, shard_of: np.ndarray, read) -> np.ndarray:
         """Rows of any number of shards into one array, in the order asked; `read(shard, at)` reads a shard's.
 
-        The reads run `read_threads` at a time: a random row is a disk or network round trip, and a
-        file system answers many at once (on this VM, 256 random rows of a cold 10⁶-row store: 0.9 s
-        one after another, 75 ms 32 at a time)."""
+        The shards are split into up to `read_threads` groups read at once: a random row is a disk or
+        network round trip, and a file system answers many at once (on this VM, 256 random rows of a
+        cold 10⁶-row store: 0.9 s one after another, 75 to 140 ms 16 to 32 at a time). One task per
+        group, not per shard: with one row a shard the tasks' own cost would otherwise dominate."""
         if shard_of.size == 0:
             raise ConfigError("fetching features needs at least one id")
-        parts: list[np.ndarray] = []
-        for s in np.unique(shard_of):
-            at = np.nonzero(shard_of == s)[0]
-            parts += np.array_split(at, -(-at.size // READ_CHUNK))
-        if self._readers is None:
-            self._readers = ThreadPoolExecutor(self.read_threads, thread_name_prefix="shard-read")
+        parts = [(int(s), np.nonzero(shard_of == s)[0]) for s in np.unique(shard_of)]
+        groups = [g for g in np.array_split(np.arange(len(parts)), min(self.read_threads, len(parts))) if g.size]
+
+        def read_group(group: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+            return [(parts[i][1], read(*parts[i])) for i in group]
+        if len(groups) == 1:
+            done = [read_group(groups[0])]
+        else:
+            if self._readers is None:
+                self._readers = ThreadPoolExecutor(self.read_threads, thread_name_prefix="shard-read")
+            done = list(self._readers.map(read_group, groups))
         out: np.ndarray | None = None
-        for at, rows in zip(parts, self._readers.map(lambda at: read(int(shard_of[at[0]]), at), parts)):
+        for at, rows in (pair for group in done for pair in group):
             if out is None:
                 out = np.empty((shard_of.size, *rows.shape[1:]), dtype=np.float16)
             out[at] = rows
@@ -279,13 +284,17 @@ class StreamedSplit:
     """A training split read through a `ShardIndex`: what a method asks of `FeatureSplit`, without the arrays.
 
     Anchors come from the stream (`StreamLoader`); this answers the random accesses: the caption
-    an item's noise picks, an id's item, and the tokens of pool negatives.
+    an item's noise picks, an id's item, and the tokens of pool negatives. The tokens of the last
+    read are kept, so a step that reads its negatives again (the match head's pass, CLA's) reads
+    no row twice.
     """
 
     attributes = None  # ground truth only the in-memory synthetic split has
 
     def __init__(self, index: ShardIndex, device: torch.device | str = "cpu"):
         self.index, self._device = index, torch.device(device)
+        # the last read: its sorted ids and their tokens
+        self._kept_ids, self._kept = np.zeros(0, np.int64), np.zeros((0, *index.row_shapes["text"]), np.float16)
 
     @property
     def n_items(self) -> int:
@@ -324,7 +333,17 @@ class StreamedSplit:
                                 ).view(captions.shape).to(captions.device)
 
     def text_tokens(self, captions: torch.Tensor) -> torch.Tensor:
-        tokens = self.index.text(captions.cpu().numpy().ravel())
+        ids = captions.cpu().numpy().ravel()
+        at = np.searchsorted(self._kept_ids, ids).clip(max=max(len(self._kept_ids) - 1, 0))
+        kept = (self._kept_ids[at] == ids) if len(self._kept_ids) else np.zeros(ids.size, bool)
+        if kept.all():
+            tokens = self._kept[at]
+        else:  # read what the last read did not have, and keep this read's rows instead
+            tokens = np.empty((ids.size, *self.index.row_shapes["text"]), np.float16)
+            tokens[kept] = self._kept[at[kept]]
+            tokens[~kept] = self.index.text(ids[~kept])
+            self._kept_ids, first = np.unique(ids, return_index=True)
+            self._kept = tokens[first]
         return torch.from_numpy(tokens).view(*captions.shape, *tokens.shape[1:]).to(self._device).float()
 
     def vision_tokens(self, items: torch.Tensor) -> torch.Tensor:
