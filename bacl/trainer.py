@@ -243,12 +243,10 @@ class Trainer:
         self.rank_keys = [k for k in self.method.state_dict() if k.startswith("bank.")] if self.world.size > 1 else []
         self.forward: nn.Module = self.method
         if self.world.size > 1:
-            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-                self.method, [n for n, _ in self.method.named_buffers() if n.startswith("bank.")])
             self.forward = DistributedDataParallel(
                 self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False,  # every rank computes the same buffers; the bank's are its own shard
-                find_unused_parameters=True)  # e.g. CLIP never uses the match head
+                broadcast_buffers=False,  # buffers (variance_aware's EMA) come from the gathered batch: equal on every rank
+                find_unused_parameters=True)  # e.g. CLIP never uses the match head; the bank is extra state, not synced
         self.autocast = torch.autocast("cuda", torch.bfloat16, enabled=cfg.train.amp and self.device.type == "cuda")
         self.params = [p for p in self.method.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(decay_groups(self.method, cfg.train.weight_decay), lr=cfg.train.lr)
