@@ -207,11 +207,22 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        self.device = torch.device(cfg.train.device)
         self.world = init_from_env(cfg.train.device)
+        self.device = torch.device(cfg.train.device)
+        if self.world.size > 1 and self.device.type == "cuda":  # init_from_env chose GPU LOCAL_RANK for this rank
+            if self.device.index is not None:
+                raise ConfigError(f"train.device={cfg.train.device!r} with {self.world.size} ranks would put every "
+                                  f"rank on one GPU: expected train.device=cuda (each rank uses GPU LOCAL_RANK)")
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.dataset = DATASETS.entry(cfg.dataset.name).load()(cfg.dataset)
         streamed = cfg.train.stream.enabled
-        train = self.dataset.streamed_train(cfg.train.stream) if streamed else self.dataset.train
+        train = self.dataset.train
+        if streamed:  # rank 0 writes the stream index (and a synthetic store) first; the others then read it
+            if not self.world.is_main:
+                self.world.barrier()
+            train = self.dataset.streamed_train(cfg.train.stream)
+            if self.world.is_main:
+                self.world.barrier()
         test = self.dataset.test_split(cfg.eval.max_items)
         self.setup(train, test, self.dataset.candidate_pool(cfg.pool, streamed=streamed))
 
@@ -268,6 +279,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "epoch_sums": dict(self.epoch_sums),
             "records": list(self.records),  # epochs ended before this step (the module docstring)
+            "world_size": self.world.size,
         }
         if self.loader is not None:
             state["stream"] = {j: s for part in self.world.gather_objects(self.loader.state_dict())
@@ -279,13 +291,17 @@ class Trainer:
         return self.run_dir / f"last.rank{self.world.rank}-of{self.world.size}.step{step}.pt"
 
     def load(self, state: dict) -> None:
+        saved = state.get("world_size", 1)
+        if saved != self.world.size and any(k.startswith("bank.") for k in self.method.state_dict()):
+            raise ConfigError(f"last.pt (step {state['step']}) was written by {saved} rank(s), each holding its own "
+                              f"shard of the embedding bank; this run has {self.world.size}: resume it with {saved}")
         self.step = state["step"]
         if self.rank_keys:
             path = self.rank_path(self.step)
             if not path.exists():
-                raise ConfigError(f"{path.name} is missing: last.pt at step {self.step} was written by "
-                                  f"{self.world.size} ranks holding their own bank shard; resume with as many ranks")
-            state["method"].update(torch.load(path, weights_only=False))
+                raise ConfigError(f"{path.name} is missing: last.pt at step {self.step} needs this rank's part "
+                                  f"of the embedding bank, which every rank writes before last.pt")
+            state["method"].update(torch.load(path, weights_only=False, mmap=True))  # no second copy of the shard
         self.method.load_state_dict(state["method"])
         if self.loader is not None:
             self.loader.load_state_dict(state["stream"])
@@ -563,6 +579,8 @@ class Trainer:
             if state is not None:
                 try:
                     self.load(state)
+                except ConfigError:  # resumable, but not like this (another world size): the message says how
+                    raise
                 except Exception as err:
                     raise RuntimeError(f"{ckpt} cannot be restored into this run ({type(err).__name__}: {err}); "
                                        f"move it aside to start the run over") from err

@@ -61,5 +61,5 @@ def test_the_checkpoint_holds_the_method_state_and_nothing_method_specific(tiny_
     trainer.build()
     state = trainer.state()
     # records: the epoch records committed with the checkpoint (bacl/trainer.py's docstring), method-neutral
-    assert set(state) == {"step", "method", "optimizer", "scheduler", "torch_rng", "epoch_sums", "records"}
+    assert set(state) == {"step", "method", "optimizer", "scheduler", "torch_rng", "epoch_sums", "records", "world_size"}
     assert {"bank._extra_state", "rng._extra_state"} <= set(state["method"])

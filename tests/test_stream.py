@@ -2,6 +2,7 @@
 resume mid-epoch, features equal to the in-memory split's, memory independent of the row count."""
 import gc
 import io
+import json
 import tracemalloc
 
 import numpy as np
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 from bacl.data.store import FeatureStore, ShardArrays
-from bacl.data.stream import ShardIndex, ShardStream, StreamedSplit
+from bacl.data.stream import ShardIndex, ShardStream, StreamedSplit, StreamLoader
+from bacl.distributed import World
 from bacl.errors import ConfigError
 
 
@@ -153,3 +155,20 @@ def test_streamed_split_tokens_equal_the_index_whatever_was_read_before(store):
         got = split.text_tokens(torch.from_numpy(ids))
         assert got.shape == (*ids.shape, 2, 4) and got.dtype == torch.float32
         assert torch.equal(got, torch.from_numpy(index.text(ids.ravel())).view(got.shape).float())
+
+
+def test_an_index_another_process_finished_first_is_kept_and_a_stale_one_replaced(tmp_path):
+    store = write_store(tmp_path / "s", shards=3, rows=5)
+    index = ShardIndex(store, "train")
+    marker = index.path / "marker"
+    marker.write_text("theirs")
+    index._build()  # a second builder finishing after the first: the complete index stays as it is
+    assert marker.exists() and ShardIndex(store, "train").n_rows == 15
+    meta = json.loads((index.path / "index.json").read_text())
+    (index.path / "index.json").write_text(json.dumps({**meta, "shards": meta["shards"][:2]}))  # made from another list
+    assert ShardIndex(store, "train").n_rows == 15 and not marker.exists()  # rebuilt
+
+
+def test_more_readers_than_shards_names_the_key(store):
+    with pytest.raises(ConfigError, match="train.stream.readers"):
+        StreamLoader(ShardIndex(store, "train"), global_batch=16, readers=8, buffer_size=4, seed=0, world=World())

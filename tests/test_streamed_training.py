@@ -28,7 +28,8 @@ def streamed(tmp_path):
     return make
 
 
-@pytest.mark.parametrize("method,kill_at,prefetch", [("bacl", 5, True), ("clip", 9, False), ("uniform_hn", 3, True)])
+@pytest.mark.parametrize("method,kill_at,prefetch", [("bacl", 5, True), ("clip", 9, False), ("uniform_hn", 3, True),
+                                                     ("bacl", 7, True)])  # 7: resumed from step 6, the end of epoch 1
 def test_a_streamed_run_killed_mid_epoch_resumes_bitwise(streamed, tmp_path, monkeypatch, method, kill_at, prefetch):
     overrides = [f"method={method}", f"train.stream.prefetch={prefetch}"]
     straight = Trainer(streamed(*overrides, f"output_dir={tmp_path}/a"))
@@ -89,7 +90,7 @@ def test_two_streamed_ranks_train_like_one_process(tmp_path, method):
     cfg = load_config(overrides)
     SyntheticDataset(cfg.dataset).streamed_train(cfg.train.stream)  # write the store before the ranks race to
     one, two = str(tmp_path / "one.pt"), str(tmp_path / "two.pt")
-    run_ranks(0, 1, free_port(), overrides, one)
+    mp.spawn(run_ranks, args=(1, free_port(), overrides, one), nprocs=1, join=True)  # keeps RANK etc. out of pytest
     mp.spawn(run_ranks, args=(2, free_port(), overrides, two), nprocs=2, join=True)
     single, double = torch.load(one), torch.load(two)
     assert [items for _, items in double["steps"]] == [items for _, items in single["steps"]]
@@ -113,3 +114,19 @@ def test_stream_settings_that_cannot_work_are_config_errors(streamed):
     trainer = Trainer(streamed("train.stream.readers=4", "train.batch_size=72"))  # 18 a reader; some hold 1 shard of 12
     with pytest.raises(ConfigError, match="fewer than batch_size / readers"):
         trainer.build()
+
+
+def test_a_bank_sharded_over_other_ranks_is_not_resumed_with_another_world_size(streamed):
+    """last.pt says how many ranks wrote it; a bank shard cannot be resharded, so the error says how to resume."""
+    trainer = Trainer(streamed("method=bacl"))
+    trainer.build()
+    state = trainer.state()
+    state["world_size"] = 2
+    with pytest.raises(ConfigError, match=r"written by 2 rank\(s\).*this run has 1: resume it with 2"):
+        trainer.load(state)
+    clip = Trainer(streamed("method=clip"))
+    clip.build()
+    state = clip.state()
+    state["world_size"] = 2  # no bank: the readers' positions are every rank's, so another world size resumes
+    clip.load(state)
+    assert clip.step == 0

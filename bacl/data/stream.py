@@ -37,11 +37,10 @@ from bacl.errors import ConfigError, require
 from bacl.results import read_json, write_json
 from bacl.rng import stream_seed
 
-INDEX_VERSION = 2
+INDEX_VERSION = 3
 # name -> (length: "captions" | "items", dtype) of the tables ShardIndex memory-maps
 TABLES = {"caption_item": ("captions", np.int64),  # item id of each caption id
           "caption_text_row": ("captions", np.int64),  # its row in its shard's text arrays
-          "caption_item_row": ("captions", np.int64),  # its item's row in the shard's item arrays
           "item_row": ("items", np.int64),  # row of each item id in its shard's item arrays
           "item_caption_start": ("items", np.int64),  # an item's captions: caption_by_item[start:start + count]
           "item_caption_count": ("items", np.int64),
@@ -110,12 +109,12 @@ class ShardIndex:
     def __init__(self, store: FeatureStore, split: str, exclude: Collection[str] = (), read_threads: int = 16):
         require(read_threads >= 1, "read_threads", read_threads, ">= 1")
         self.store, self.split, self.read_threads = store, split, read_threads
-        self._readers: ThreadPoolExecutor | None = None  # made at the first read (an index may only count rows)
+        self._readers = ThreadPoolExecutor(read_threads, thread_name_prefix="shard-read")  # threads start when used
         self.exclude = frozenset(exclude)
         self.streams: list[str] = store.manifest["streams"]
         self.path = _index_dir(store, split, self.exclude)
-        meta = read_json(self.path / "index.json")
-        if meta is None or meta.get("version") != INDEX_VERSION or meta.get("shards") != store.manifest["shards"]:
+        meta = self._current(self.path)
+        if meta is None:
             meta = self._build()
         self.dirs = [store.path / "shards" / name for name in meta["shard_dirs"]]
         self.offsets = np.asarray(meta["caption_offsets"], dtype=np.int64)  # first caption id of each shard
@@ -129,13 +128,23 @@ class ShardIndex:
         self.dtypes = {name: np.dtype(d) for name, d in meta["dtypes"].items()}
 
     # ---- the tables ----------------------------------------------------------------------------
+    def _current(self, path: Path) -> dict | None:
+        """The index at `path` if it is complete and made from this store's shard list, else None."""
+        meta = read_json(path / "index.json")
+        ok = meta is not None and meta.get("version") == INDEX_VERSION and meta.get("shards") == self.store.manifest["shards"]
+        return meta if ok else None
+
     def _build(self) -> dict:
-        """Write the id tables in two passes over the shards' metadata (counts, then rows); atomic."""
-        shards = [(d, keep, np.load(d / "text_item.npy")) for d, _, keep in self.store._rows(self.split, self.exclude)]
+        """Write the id tables in two passes over the shards' metadata (counts, then rows, one shard at a time);
+        atomic: a complete index another process renamed into place first is kept, not replaced."""
+        shards = [(d, keep) for d, _, keep in self.store._rows(self.split, self.exclude)]
         if not shards:
             raise ConfigError(f"{self.store.path}: the {self.split} split has no captions to stream")
-        captions = [int(keep[text_item].sum()) if text_item.size else 0 for _, keep, text_item in shards]
-        items = [int(keep.sum()) for _, keep, _ in shards]
+        captions = []
+        for d, keep in shards:
+            text_item = np.load(d / "text_item.npy", mmap_mode="r")
+            captions.append(int(keep[text_item].sum()) if text_item.size else 0)
+        items = [int(keep.sum()) for _, keep in shards]
         offsets, item_offsets = np.cumsum([0, *captions]), np.cumsum([0, *items])
         tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -143,13 +152,13 @@ class ShardIndex:
         size = {"captions": int(offsets[-1]), "items": int(item_offsets[-1])}
         out = {name: open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=(size[length],))
                for name, (length, dtype) in TABLES.items()}
-        for s, (_, keep, text_item) in enumerate(shards):
+        for s, (d, keep) in enumerate(shards):
+            text_item = np.load(d / "text_item.npy")
             c0, c1, i0, i1 = offsets[s], offsets[s + 1], item_offsets[s], item_offsets[s + 1]
             text_rows = np.nonzero(keep[text_item])[0] if text_item.size else np.zeros(0, np.int64)
             item_rows = text_item[text_rows]
             local_item = (np.cumsum(keep) - 1)[item_rows]  # item id within this shard's kept items
             out["caption_text_row"][c0:c1] = text_rows
-            out["caption_item_row"][c0:c1] = item_rows
             out["caption_item"][c0:c1] = local_item + i0
             out["item_row"][i0:i1] = np.nonzero(keep)[0]
             counts = np.bincount(local_item, minlength=i1 - i0)
@@ -160,8 +169,8 @@ class ShardIndex:
             table.flush()
         del out
         names = ["text", *self.streams]
-        layouts = [[npy_layout(d / f"{name}.tokens.npy") for name in names] for d, _, _ in shards]
-        for (d, _, _), layout in zip(shards, layouts):
+        layouts = [[npy_layout(d / f"{name}.tokens.npy") for name in names] for d, _ in shards]
+        for (d, _), layout in zip(shards, layouts):
             for name, (_, shape, dtype), (_, first_shape, first_dtype) in zip(names, layout, layouts[0]):
                 if shape[1:] != first_shape[1:] or dtype != first_dtype:
                     raise ConfigError(f"{d / name}.tokens.npy: rows of shape {shape[1:]} {dtype}, but the first shard's "
@@ -171,13 +180,16 @@ class ShardIndex:
         meta = {"version": INDEX_VERSION, "shards": self.store.manifest["shards"],
                 "row_shapes": {name: list(shape[1:]) for name, (_, shape, _) in zip(names, layouts[0])},
                 "dtypes": {name: dtype.str for name, (_, _, dtype) in zip(names, layouts[0])},
-                "shard_dirs": [d.name for d, _, _ in shards], "caption_offsets": offsets.tolist(),
+                "shard_dirs": [d.name for d, _ in shards], "caption_offsets": offsets.tolist(),
                 "item_offsets": item_offsets.tolist()}
         write_json(tmp / "index.json", meta)
+        if self._current(self.path) is not None:  # another process finished the same index meanwhile: keep it
+            shutil.rmtree(tmp, ignore_errors=True)
+            return meta
+        if self.path.exists():  # stale (the store changed since): replace it
+            shutil.rmtree(self.path, ignore_errors=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            if self.path.exists():  # stale (the store changed): replace it
-                shutil.rmtree(self.path)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             os.rename(tmp, self.path)
         except OSError:  # another process renamed its identical tables first
             shutil.rmtree(tmp, ignore_errors=True)
@@ -233,17 +245,14 @@ class ShardIndex:
         group, not per shard: with one row a shard the tasks' own cost would otherwise dominate."""
         if shard_of.size == 0:
             raise ConfigError("fetching features needs at least one id")
-        parts = [(int(s), np.nonzero(shard_of == s)[0]) for s in np.unique(shard_of)]
+        order = np.argsort(shard_of, kind="stable")  # one sort, not a scan of every id per shard
+        shards, starts = np.unique(shard_of[order], return_index=True)
+        parts = list(zip(shards.tolist(), np.split(order, starts[1:])))
         groups = [g for g in np.array_split(np.arange(len(parts)), min(self.read_threads, len(parts))) if g.size]
 
         def read_group(group: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
             return [(parts[i][1], read(*parts[i])) for i in group]
-        if len(groups) == 1:
-            done = [read_group(groups[0])]
-        else:
-            if self._readers is None:
-                self._readers = ThreadPoolExecutor(self.read_threads, thread_name_prefix="shard-read")
-            done = list(self._readers.map(read_group, groups))
+        done = [read_group(groups[0])] if len(groups) == 1 else list(self._readers.map(read_group, groups))
         out: np.ndarray | None = None
         for at, rows in (pair for group in done for pair in group):
             if out is None:
@@ -474,6 +483,8 @@ class StreamLoader:
                 f"a positive multiple of the {world.size} ranks")
         require(global_batch % readers == 0, "train.batch_size", global_batch,
                 f"divisible by train.stream.readers={readers}")
+        require(readers <= index.n_shards, "train.stream.readers", readers,
+                f"at most the split's {index.n_shards} shards (a reader without a shard would have nothing to read)")
         per_reader = global_batch // readers
         mine = range(world.rank * readers // world.size, (world.rank + 1) * readers // world.size)
         self.index, self.global_batch, self.readers = index, global_batch, readers
