@@ -58,7 +58,7 @@ class PoolConfig:
 class StreamConfig:
     """Training read shard by shard from the feature store (bacl/data/stream.py), for splits beyond memory."""
     enabled: bool = False  # false: the whole training split is loaded (fine up to a few million pairs)
-    buffer_size: int = 8192  # shuffle buffer per reader (caption ids)
+    buffer_size: int = 8192  # shuffle buffer per reader (item ids)
     # S: the global batch is S readers' batches of batch_size / S rows; rank r of w runs S / w of them.
     # 0: one per rank (then batches depend on the world size); fix it to compare runs across world sizes.
     readers: int = 0

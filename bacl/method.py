@@ -99,7 +99,7 @@ class Method(nn.Module):
 
     def stream_batch(self, captions: torch.Tensor, items: torch.Tensor, vision: torch.Tensor, text: torch.Tensor,
                      global_size: int) -> Batch:
-        """This rank's rows of a global batch read from a stream: caption rows with their items' features."""
+        """This rank's rows of a global batch read from a stream: its items, their drawn captions, their features."""
         device = self.train_split.device
         return Batch(items.to(device), self.world.rows(global_size), global_size, captions.to(device),
                      vision.to(device).float(), text.to(device).float())

@@ -37,6 +37,7 @@ No result lost, no run done twice:
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import math
 import signal
@@ -244,14 +245,15 @@ class Trainer:
                                   f"expected a smaller batch or fewer train.stream.readers")
         else:
             self.epoch_steps = [train.n_items // self.batch_size] * cfg.train.epochs
-        self.epoch_ends = [sum(self.epoch_steps[:e + 1]) for e in range(cfg.train.epochs)]
+        self.epoch_ends = list(itertools.accumulate(self.epoch_steps))
         self.total_steps = self.epoch_ends[-1]
         self.method: Method = build_method(cfg, self.train_split, pool.to(self.device), self.world).to(self.device)
         if cfg.train.compile:
             for path in ("shared", "encode", "cross_map"):
                 setattr(self.method.model, path, torch.compile(getattr(self.method.model, path), dynamic=True))
-        # per-rank state (the bank's shard) is checkpointed by each rank beside last.pt
-        self.rank_keys = [k for k in self.method.state_dict() if k.startswith("bank.")] if self.world.size > 1 else []
+        # the bank's shard differs per rank: with several ranks each checkpoints its own beside last.pt
+        self.bank_keys = [k for k in self.method.state_dict() if k.startswith("bank.")]
+        self.rank_keys = self.bank_keys if self.world.size > 1 else []
         self.forward: nn.Module = self.method
         if self.world.size > 1:
             self.forward = DistributedDataParallel(
@@ -292,7 +294,7 @@ class Trainer:
 
     def load(self, state: dict) -> None:
         saved = state.get("world_size", 1)
-        if saved != self.world.size and any(k.startswith("bank.") for k in self.method.state_dict()):
+        if saved != self.world.size and self.bank_keys:
             raise ConfigError(f"last.pt (step {state['step']}) was written by {saved} rank(s), each holding its own "
                               f"shard of the embedding bank; this run has {self.world.size}: resume it with {saved}")
         self.step = state["step"]

@@ -55,17 +55,13 @@ class FeatureSplit:
     def text_shape(self) -> tuple[int, int]:
         return self.text.shape[1], self.text.shape[2]
 
-    def random_caption(self, items: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """A uniformly drawn caption index for each item index (any shape)."""
-        return self.caption_at(items, torch.rand(items.shape, generator=generator))
-
     def caption_at(self, items: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """The caption of each item that uniform noise `u` in [0, 1) (same shape) picks among its captions."""
         u = u.to(items.device)
         offset = (u * self._count[items]).long().clamp_max(self._count[items] - 1)
         return self._order[self._start[items] + offset]
 
-    # What a method reads (`StreamedSplit` answers the same from memory-mapped shards).
+    # What a method reads (`StreamedSplit` answers the same from the store's shards).
     def vision_tokens(self, items: torch.Tensor) -> torch.Tensor:
         """[..., Lv, dv] float32 item tokens of item indices."""
         return self.vision[items].float()

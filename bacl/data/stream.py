@@ -1,4 +1,4 @@
-"""A feature-store split read as a stream: this rank's shards, a seeded shuffle buffer, memory-mapped rows.
+"""A feature-store split read as a stream: this rank's shards, a seeded shuffle buffer, rows read by id.
 
 For splits too large for memory (LAION-400M's store is about 21 TB). The stream's rows are
 items, each paired with one of its captions drawn per epoch, as the in-memory trainer does (an
@@ -207,10 +207,6 @@ class ShardIndex:
     def n_items(self) -> int:
         return int(self.item_offsets[-1])
 
-    def rows_in(self, shard: int) -> int:
-        """Captions of the split in `shard`."""
-        return int(self.offsets[shard + 1] - self.offsets[shard])
-
     def items_in(self, shard: int) -> int:
         return int(self.item_offsets[shard + 1] - self.item_offsets[shard])
 
@@ -256,7 +252,7 @@ class ShardIndex:
         out: np.ndarray | None = None
         for at, rows in (pair for group in done for pair in group):
             if out is None:
-                out = np.empty((shard_of.size, *rows.shape[1:]), dtype=np.float16)
+                out = np.empty((shard_of.size, *rows.shape[1:]), dtype=rows.dtype)
             out[at] = rows
         assert out is not None
         return out
@@ -278,15 +274,11 @@ class ShardIndex:
                          self.row_shapes[stream], self.dtypes[stream], rows)
 
     def fetch(self, ids: np.ndarray, items: np.ndarray | None = None) -> StreamBatch:
-        """The features of caption ids and their items (or, given, other items), read from the memory maps."""
+        """The features of caption ids and their items (or, given, other items), read from the shards."""
         ids = self._check(ids, self.n_rows, "caption")
         items = np.asarray(self.tables["caption_item"][ids] if items is None else items, dtype=np.int64)
         return StreamBatch(ids=torch.from_numpy(ids), items=torch.from_numpy(items),
                            vision=torch.from_numpy(self.vision(items)), text=torch.from_numpy(self.text(ids)))
-
-    def token_shape(self, stream: str) -> tuple[int, int]:
-        """(tokens, dims) of one row of `stream` (text, or an item stream): the same in every shard."""
-        return self.row_shapes[stream]
 
 
 class StreamedSplit:
@@ -303,7 +295,7 @@ class StreamedSplit:
     def __init__(self, index: ShardIndex, device: torch.device | str = "cpu"):
         self.index, self._device = index, torch.device(device)
         # the last read: its sorted ids and their tokens
-        self._kept_ids, self._kept = np.zeros(0, np.int64), np.zeros((0, *index.row_shapes["text"]), np.float16)
+        self._kept_ids, self._kept = np.zeros(0, np.int64), np.zeros((0, *index.row_shapes["text"]), index.dtypes["text"])
 
     @property
     def n_items(self) -> int:
@@ -320,12 +312,12 @@ class StreamedSplit:
     @property
     def vision_shape(self) -> tuple[int, int]:
         """(tokens, dims) of an item: its streams side by side, as `FeatureSplit.vision`."""
-        shapes = [self.index.token_shape(n) for n in self.index.streams]
+        shapes = [self.index.row_shapes[n] for n in self.index.streams]
         return sum(t for t, _ in shapes), sum(d for _, d in shapes)
 
     @property
     def text_shape(self) -> tuple[int, int]:
-        return self.index.token_shape("text")
+        return self.index.row_shapes["text"]
 
     def to(self, device: torch.device | str) -> StreamedSplit:
         return StreamedSplit(self.index, device)
@@ -333,9 +325,6 @@ class StreamedSplit:
     def caption_at(self, items: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         picked = self.index.caption_at(items.cpu().numpy(), u.cpu().numpy())
         return torch.from_numpy(np.asarray(picked)).to(items.device)
-
-    def random_caption(self, items: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return self.caption_at(items, torch.rand(items.shape, generator=generator))
 
     def item_of(self, captions: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(np.asarray(self.index.item_of(captions.cpu().numpy().ravel()))
@@ -348,7 +337,7 @@ class StreamedSplit:
         if kept.all():
             tokens = self._kept[at]
         else:  # read what the last read did not have, and keep this read's rows instead
-            tokens = np.empty((ids.size, *self.index.row_shapes["text"]), np.float16)
+            tokens = np.empty((ids.size, *self.index.row_shapes["text"]), self._kept.dtype)
             tokens[kept] = self._kept[at[kept]]
             tokens[~kept] = self.index.text(ids[~kept])
             self._kept_ids, first = np.unique(ids, return_index=True)
@@ -358,6 +347,11 @@ class StreamedSplit:
     def vision_tokens(self, items: torch.Tensor) -> torch.Tensor:
         tokens = self.index.vision(items.cpu().numpy().ravel())
         return torch.from_numpy(tokens).view(*items.shape, *tokens.shape[1:]).to(self._device).float()
+
+
+def shard_order(seed: int, n_shards: int, epoch: int) -> np.ndarray:
+    """The epoch's permutation of the shards, which the S readers deal out: reader j takes every S-th from j."""
+    return np.random.default_rng(stream_seed(seed, "shard_order", epoch)).permutation(n_shards)
 
 
 class ShardStream:
@@ -380,11 +374,7 @@ class ShardStream:
 
     def shards(self, epoch: int) -> np.ndarray:
         """This reader's shards in epoch `epoch`, in reading order: every S-th of the epoch's permutation."""
-        order = np.random.default_rng(stream_seed(self.seed, "shard_order", epoch)).permutation(self.index.n_shards)
-        return order[self.rank::self.world_size]
-
-    def rows_in_epoch(self, epoch: int) -> int:
-        return sum(self.index.items_in(int(s)) for s in self.shards(epoch))
+        return shard_order(self.seed, self.index.n_shards, epoch)[self.rank::self.world_size]
 
     def start_epoch(self, epoch: int) -> None:
         """Stand at the start of `epoch` (rows of the current epoch not yet read are dropped)."""
@@ -487,15 +477,15 @@ class StreamLoader:
                 f"at most the split's {index.n_shards} shards (a reader without a shard would have nothing to read)")
         per_reader = global_batch // readers
         mine = range(world.rank * readers // world.size, (world.rank + 1) * readers // world.size)
-        self.index, self.global_batch, self.readers = index, global_batch, readers
+        self.index, self.global_batch, self.readers, self.seed = index, global_batch, readers, seed
         self.streams = {j: ShardStream(index, per_reader, buffer_size, seed, j, readers) for j in mine}
-        self.all_readers = [ShardStream(index, per_reader, 1, seed, j, readers) for j in range(readers)]  # sizes only
         self._positions: dict[int, tuple] = {}
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="stream") if prefetch else None
 
     def steps(self, epoch: int) -> int:
         """Steps of `epoch`: the fewest whole reader batches any of the S readers holds."""
-        return min(r.rows_in_epoch(epoch) // r.batch_size for r in self.all_readers)
+        items = np.diff(self.index.item_offsets)[shard_order(self.seed, self.index.n_shards, epoch)]
+        return min(int(items[j::self.readers].sum()) for j in range(self.readers)) // (self.global_batch // self.readers)
 
     def _draw(self) -> tuple[tuple[np.ndarray, np.ndarray], dict[int, tuple]]:
         items, captions = zip(*(s.next_pairs() for s in self.streams.values()))
